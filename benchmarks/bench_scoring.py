@@ -1,0 +1,204 @@
+"""Scoring benchmark: the numbers of DESIGN.md section 3 on a real model and real data.
+
+    python benchmarks/bench_scoring.py                 # smollm2-135m, first 64 GSM8K test rows
+
+All timed paths run on the same batches: the released script's configuration (template
+"Question: {q}\\nAnswer: ", batch 4 in file order, batch-mean loss), so every row is computed
+the same way by every method. Rows:
+
+    forward only      the model's ordinary forward with labels (HF loss), no grad
+    fast AP (gate)    headway's gate path
+    eager reference   eager attention, Γ.retain_grad(), ordinary backward
+    released config   the eager reference with every row padded to 1024 tokens (measured on
+                      --released-rows rows and scaled per row: it is slow)
+
+Peak memory is measured in a fresh subprocess per method (one batch of 4 rows padded to
+1024 tokens, the memory target's setting): the peak resident set (CPU, VmHWM after a reset)
+or peak CUDA allocation above what the loaded model already holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def load(args):
+    from headway.models import load_model
+    from headway.tasks import TaskSpec, encode_examples, load_task
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = load_model(args.model, dtype=args.dtype, device=device)
+    task = load_task(TaskSpec(source=str(args.data), n=args.n))
+    encoded, _ = encode_examples(task.examples, lm.tokenizer, template="qa", max_length=1024)
+    return lm, encoded
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def forward_only(lm, encoded, batch_size, pad_to=None):
+    from headway.scoring import collate, make_batches
+
+    device = next(lm.model.parameters()).device
+    with torch.no_grad():
+        for rows in make_batches([len(e.input_ids) for e in encoded], batch_size, False):
+            batch = collate([encoded[i] for i in rows], lm.tokenizer.pad_token_id, pad_to, device)
+            lm.model(**batch)
+
+
+def run_method(lm, encoded, method, batch_size, pad_to=None):
+    from headway.scoring import score_encoded
+
+    if method == "forward":
+        return forward_only(lm, encoded, batch_size, pad_to)
+    return score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.tokenizer.pad_token_id,
+                         convention="paper", method=method, batch_size=batch_size,
+                         pad_to=pad_to, progress=False)
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def _status_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_probe(args) -> None:
+    """Subprocess body: peak extra memory (MiB) of one method on one padded batch."""
+    lm, encoded = load(args)
+    device = next(lm.model.parameters()).device
+    rows = encoded[:args.batch_size]
+    run_method(lm, encoded[:1], args.memory_probe, 1)  # warm-up: kernels, allocator
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run_method(lm, rows, args.memory_probe, args.batch_size, pad_to=args.pad_to)
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _status_kib("VmRSS") * 1024
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        run_method(lm, rows, args.memory_probe, args.batch_size, pad_to=args.pad_to)
+        peak = _status_kib("VmHWM") * 1024 - base
+    print(json.dumps({"peak_mib": peak / 2**20}))
+
+
+def measure_memory(args, method: str) -> float:
+    cmd = [sys.executable, __file__, "--memory-probe", method, "--model", args.model,
+           "--data", str(args.data), "--n", str(args.batch_size), "--dtype", args.dtype,
+           "--batch-size", str(args.batch_size), "--pad-to", str(args.pad_to)]
+    if args.device:
+        cmd += ["--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mib"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--n", type=int, default=64, help="rows (default 64)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--released-rows", type=int, default=8,
+                   help="rows timed in the padded-to-1024 released configuration (default 8)")
+    p.add_argument("--pad-to", type=int, default=1024)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--memory-probe", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
+
+    lm, encoded = load(args)
+    device = next(lm.model.parameters()).device
+    torch.manual_seed(0)
+    run_method(lm, encoded[:2], "gate", 2)  # warm-up
+    run_method(lm, encoded[:2], "reference", 2)
+    t_fwd, _ = timed(lambda: run_method(lm, encoded, "forward", args.batch_size), device)
+    t_gate, fast = timed(lambda: run_method(lm, encoded, "gate", args.batch_size), device)
+    t_ref, ref = timed(lambda: run_method(lm, encoded, "reference", args.batch_size), device)
+    released = encoded[:args.released_rows]
+    t_rel, _ = timed(lambda: run_method(lm, released, "reference", args.batch_size,
+                                        pad_to=args.pad_to), device)
+    t_rel_scaled = t_rel * len(encoded) / len(released)
+    diff = (fast["per_sample"] - ref["per_sample"]).abs().max() / ref["per_sample"].abs().max()
+    ap_fast, ap_ref = fast["per_sample"].abs().mean(0), ref["per_sample"].abs().mean(0)
+    ap_diff = (ap_fast - ap_ref).abs().max() / ap_ref.abs().max()
+    mem = {} if args.no_memory else {m: measure_memory(args, m)
+                                     for m in ("forward", "gate", "reference")}
+
+    n = len(encoded)
+    tokens = sum(len(e.input_ids) for e in encoded)
+    result = {
+        "model": args.model, "device": str(device), "dtype": args.dtype, "rows": n,
+        "tokens": tokens, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+        "time_s": {"forward": t_fwd, "gate": t_gate, "reference": t_ref,
+                   "released_measured": t_rel, "released_rows": len(released),
+                   "released_scaled": t_rel_scaled},
+        "ratios": {"gate/forward": t_gate / t_fwd, "gate/reference": t_gate / t_ref,
+                   "gate/released": t_gate / t_rel_scaled},
+        "max_rel_diff_per_sample": float(diff), "max_rel_diff_ap": float(ap_diff),
+        "peak_mib_at_pad_to": mem, "pad_to": args.pad_to,
+    }
+    if mem:
+        result["ratios"]["memory gate/reference"] = mem["gate"] / mem["reference"]
+    print(table(result))
+    if args.json:
+        from headway.storage import atomic_write_json
+        atomic_write_json(args.json, result)
+
+
+def table(r: dict) -> str:
+    t, m = r["time_s"], r["peak_mib_at_pad_to"]
+    mem = lambda k: f"{m[k]:9.0f}" if k in m else "        -"  # noqa: E731
+    lines = [
+        f"headway scoring benchmark: {r['model']} on {r['device']} ({r['dtype']}, "
+        f"{r['threads']} threads), {r['rows']} rows / {r['tokens']} tokens, batch {r['batch_size']}",
+        "",
+        f"{'path':<34}{'time (s)':>10}{'x forward':>11}{f'peak MiB @{r[chr(112)+chr(97)+chr(100)+chr(95)+chr(116)+chr(111)]}':>15}",
+        f"{'forward only (HF, no grad)':<34}{t['forward']:>10.1f}{1:>11.2f}{mem('forward'):>15}",
+        f"{'fast AP (gate)':<34}{t['gate']:>10.1f}{t['gate'] / t['forward']:>11.2f}{mem('gate'):>15}",
+        f"{'eager reference':<34}{t['reference']:>10.1f}{t['reference'] / t['forward']:>11.2f}"
+        f"{mem('reference'):>15}",
+        f"{'released config (pad 1024)':<34}{t['released_scaled']:>10.1f}"
+        f"{t['released_scaled'] / t['forward']:>11.2f}{'':>15}",
+        f"  ({t['released_measured']:.1f} s measured on {t['released_rows']} rows, scaled per row)",
+        "",
+        "target                                   measured   goal",
+        f"fast / forward                           {r['ratios']['gate/forward']:8.2f}   <= 2.0",
+        f"fast / eager reference                   {r['ratios']['gate/reference']:8.2f}   <= 0.5",
+        f"fast / released config                   {r['ratios']['gate/released']:8.3f}   <= 0.1",
+    ]
+    if "memory gate/reference" in r["ratios"]:
+        lines.append(f"peak memory fast / reference @1024      "
+                     f"{r['ratios']['memory gate/reference']:8.3f}   <= 0.5")
+    lines.append(f"max |fast - ref| / max |ref| per sample  {r['max_rel_diff_per_sample']:8.1e}"
+                 f"   <= 1e-5")
+    lines.append(f"max |fast - ref| / max |ref| of the AP   {r['max_rel_diff_ap']:8.1e}   <= 1e-5")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

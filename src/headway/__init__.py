@@ -1,0 +1,1 @@
+"""headway: attention-head activation patterns of language models."""

@@ -1,0 +1,186 @@
+"""Command line: ``headway score | show | tasks | demo``. ``headway COMMAND --help`` for details."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help="built-in alias (smollm2-135m), local model folder, or hub id "
+                        "(default: %(default)s)")
+    g.add_argument("--revision", help="hub revision (branch, tag or commit) for hub ids")
+    g.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model's own Python code from the hub (off by default)")
+
+
+def _add_task_args(p: argparse.ArgumentParser, n_default: int | None = 64) -> None:
+    g = p.add_argument_group("task")
+    g.add_argument("--task", required=True,
+                   help="built-in task (see `headway tasks`), rg:<reasoning-gym name>, a .jsonl/"
+                        ".json/.csv/.parquet file, a dataset folder, or a hub dataset id")
+    g.add_argument("--n", type=int, default=n_default,
+                   help="rows to use (default: %(default)s; 0 = all rows of a file)")
+    g.add_argument("--offset", type=int, default=0, help="skip this many rows first")
+    g.add_argument("--seed", type=int, default=0, help="generator / shuffle seed")
+    g.add_argument("--shuffle", action="store_true", help="shuffle file rows (seeded)")
+    g.add_argument("--split", default="train", help="dataset split for folders and hub ids")
+    g.add_argument("--config", help="hub dataset configuration, e.g. 'main' for gsm8k")
+    g.add_argument("--prompt-field", help="prompt column (default: auto-detect)")
+    g.add_argument("--response-field", help="response column (default: auto-detect)")
+    g.add_argument("--template", default="qa",
+                   help="qa ('Question: {prompt}\\nAnswer: ', default), raw, chat (the "
+                        "tokenizer's chat template) or a custom string containing {prompt}")
+    g.add_argument("--max-length", type=int, default=1024, help="tokens per row (default 1024)")
+    g.add_argument("--overlong", default="truncate", choices=["truncate", "drop"],
+                   help="rows longer than --max-length: truncate the response or drop the row")
+
+
+def _load_task(args):
+    from .tasks import TaskSpec, load_task
+
+    return load_task(TaskSpec(
+        source=args.task, n=args.n or None, offset=args.offset, seed=args.seed,
+        shuffle=args.shuffle, split=args.split, config=args.config,
+        prompt_field=args.prompt_field, response_field=args.response_field))
+
+
+def _load_model(args):
+    import torch
+
+    from .models import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(args.model, dtype=args.dtype, revision=args.revision,
+                      trust_remote_code=args.trust_remote_code, device=device)
+
+
+def cmd_score(args) -> int:
+    from .scoring import score
+
+    task = _load_task(args)
+    lm = _load_model(args)
+    output = Path(args.output or f"runs/{task.name}")
+    pattern = score(lm, task, convention=args.convention, method=args.method,
+                    batch_size=args.batch_size, template=args.template,
+                    max_length=args.max_length, overlong=args.overlong,
+                    keep_per_sample=args.per_sample, progress=not args.no_progress,
+                    save_to=output)
+    m = pattern.meta
+    print(f"scored {m['n_samples']} rows of {task.name} on {lm.name} "
+          f"({pattern.n_layers} layers x {pattern.n_heads} heads) in {m['elapsed_s']:.1f} s; "
+          f"truncated {m['n_truncated']}, dropped {m['n_dropped']}; "
+          f"mean response loss {m['mean_loss']:.3f}")
+    print(f"wrote {output}.safetensors and {output}.json")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .analysis import concentration
+    from .patterns import ActivationPattern, pattern_paths
+    from .report import heatmap
+
+    pattern = ActivationPattern.load(args.pattern)
+    top = pattern.top_heads(args.top_k)
+    stats = concentration(pattern.scores.numpy())
+    task = pattern.meta.get("task", {}).get("name", "?")
+    model = pattern.meta.get("model", {}).get("name", "?")
+    png = Path(args.heatmap) if args.heatmap else pattern_paths(args.pattern)[0].with_suffix(".png")
+    heatmap(pattern.scores.numpy(), png, title=f"{task} on {model}", top=top[:5])
+    if args.json:
+        print(json.dumps({"top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in top],
+                          **stats, "heatmap": str(png)}, indent=2))
+        return 0
+    print(f"{task} on {model}: {pattern.n_layers} layers x {pattern.n_heads} heads, "
+          f"N = {pattern.meta.get('n_samples', '?')}, convention {pattern.meta.get('convention')}")
+    print(f"Gini {stats['gini']:.3f}   CV {stats['cv']:.3f}   entropy {stats['entropy']:.3f}")
+    print(f"{'rank':>4}  {'layer':>5}  {'head':>4}  score")
+    for rank, (layer, head, value) in enumerate(top, 1):
+        print(f"{rank:>4}  {layer:>5}  {head:>4}  {value:.4g}")
+    print(f"heatmap: {png}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from .tasks import list_builtin_tasks
+
+    for name, description in list_builtin_tasks():
+        print(f"{name:<16} {description}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.output_dir), model=args.model, n=args.n, progress=not args.no_progress)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headway",
+        description="Attention-head activation patterns of language models (Zhao et al., "
+                    "ACL 2025): which heads a task relies on.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="compute a task's activation pattern (L x H)",
+                       description="Score every attention head on a task: AP[l,h] = mean over "
+                                   "samples of |<Γ, ∂L/∂Γ>|, in one forward + backward pass.")
+    _add_model_args(p)
+    _add_task_args(p)
+    p.add_argument("--convention", default="sample", choices=["sample", "paper"],
+                   help="sample: each sample's own mean loss (default); paper: the released "
+                        "script's batch-mean loss, batch 4, file order")
+    p.add_argument("--method", default="gate", choices=["gate", "reference"],
+                   help="gate: fast path (default); reference: eager attention with Γ.grad")
+    p.add_argument("--batch-size", type=int,
+                   help="rows per batch (default 8; 4 with --convention paper)")
+    p.add_argument("--per-sample", action="store_true",
+                   help="also store every sample's signed L x H scores")
+    p.add_argument("-o", "--output", help="output path without suffix (default runs/TASK)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("show", help="top heads, Gini, CV and a heatmap of a pattern file")
+    p.add_argument("pattern", help="pattern file (.safetensors, or the path without suffix)")
+    p.add_argument("--top-k", type=int, default=10, help="heads to list (default 10)")
+    p.add_argument("--heatmap", help="PNG path (default: beside the pattern)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("tasks", help="list the built-in tasks")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("demo", help="score the built-in tasks on the built-in model; heatmaps "
+                                    "and a summary")
+    p.add_argument("--output-dir", default="headway-demo", help="default: %(default)s")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
+    p.add_argument("--n", type=int, default=32, help="rows per task (default 32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .models import ModelError
+    from .scoring import ScoringError
+    from .tasks import TaskError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (TaskError, ModelError, ScoringError, FileNotFoundError) as err:
+        print(f"headway: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

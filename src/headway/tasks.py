@@ -1,0 +1,345 @@
+"""Task datasets (reasoning-gym generators, local files and folders, hub datasets), prompt
+templates, and the one prompt/response encoding that scoring and training share.
+
+A task is a list of (prompt, response) examples. ``load_task`` resolves a source in this order:
+built-in name -> ``"rg:<reasoning_gym name>"`` -> local file (.jsonl .json .csv .parquet) ->
+local folder -> Hugging Face dataset id. Every bad input raises ``TaskError`` naming the file or
+dataset and, for row problems, the 0-based row index and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "problem", "query")
+RESPONSE_FIELDS = ("response", "answer", "completion", "output", "solution")
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+GENERATOR_DEFAULT_N = 64
+SPLIT_NAMES = ("train", "test", "validation", "valid", "val", "dev")
+TEMPLATES = {"qa": "Question: {prompt}\nAnswer: ", "raw": "{prompt}"}
+OVERLONG_POLICIES = ("truncate", "drop")
+
+
+class TaskError(ValueError):
+    """A bad task input: the message names the file or dataset, the row index and the field."""
+
+
+class BuiltinTask(NamedTuple):
+    generator: str  # reasoning_gym dataset name
+    description: str
+
+
+BUILTIN_TASKS: dict[str, BuiltinTask] = {
+    "arithmetic": BuiltinTask("basic_arithmetic", "basic arithmetic expressions (+ - * /) with integers"),
+    "chain_sum": BuiltinTask("chain_sum", "chains of additions and subtractions"),
+    "sorting": BuiltinTask("word_sorting", "sort a list of words by ASCII/Unicode order (non-arithmetic)"),
+    "syllogism": BuiltinTask("syllogism", "does a conclusion follow from two premises (logic)"),
+    "leg_counting": BuiltinTask("leg_counting", "count the legs of a list of animals"),
+    "word_problems": BuiltinTask("gsm_symbolic", "GSM8K-style grade-school math word problems"),
+}
+
+
+@dataclass
+class Example:
+    prompt: str  # the raw question/prompt text (before the template)
+    response: str  # the raw answer text (before EOS)
+    index: int  # 0-based row index in the source file / dataset / generator
+
+
+@dataclass
+class TaskSpec:
+    """Where a task's examples come from and which rows to take."""
+
+    source: str = field(metadata={"help": "Built-in task name, 'rg:<reasoning_gym dataset>', a local "
+                                          ".jsonl/.json/.csv/.parquet file, a local folder or a hub dataset id."})
+    n: int | None = field(default=None, metadata={"help": "Rows to take (None = all; generators: 64)."})
+    offset: int = field(default=0, metadata={"help": "Skip this many rows first (for held-out splits)."})
+    seed: int = field(default=0, metadata={"help": "Generator seed (reasoning-gym) and shuffle seed."})
+    shuffle: bool = field(default=False, metadata={"help": "Files/hub: seeded shuffle before offset and n."})
+    split: str = field(default="train", metadata={"help": "Split of a hub or folder dataset."})
+    config: str | None = field(default=None, metadata={"help": "Hub dataset config name (e.g. 'main')."})
+    prompt_field: str | None = field(default=None, metadata={"help": "Prompt column (None = auto-detect)."})
+    response_field: str | None = field(default=None, metadata={"help": "Response column (None = auto-detect)."})
+    name: str | None = field(default=None, metadata={"help": "Display name (default: derived from source)."})
+
+
+@dataclass
+class Task:
+    name: str
+    source: str  # resolved description: "reasoning_gym:<name>(seed=S)", an absolute path or a hub id
+    examples: list[Example]
+    data_hash: str  # sha256 of the canonical JSON of [[prompt, response], ...]
+    spec: TaskSpec  # the spec used, with n and name filled in
+
+
+def list_builtin_tasks() -> list[tuple[str, str]]:
+    """Return (name, description) for every built-in task."""
+    return [(name, task.description) for name, task in BUILTIN_TASKS.items()]
+
+
+def load_task(spec: TaskSpec | str, **overrides) -> Task:
+    """Load the rows ``spec`` selects and return them as a validated ``Task``."""
+    if isinstance(spec, str):
+        spec = TaskSpec(source=spec)
+    unknown = set(overrides) - {f.name for f in fields(TaskSpec)}
+    if unknown:
+        raise TaskError(f"unknown TaskSpec field(s) {sorted(unknown)}")
+    spec = replace(spec, **overrides)
+    if spec.offset < 0 or (spec.n is not None and spec.n < 1):
+        raise TaskError(f"{spec.source}: need offset >= 0 and n >= 1 (got offset={spec.offset}, n={spec.n})")
+
+    source = spec.source
+    if source in BUILTIN_TASKS:
+        return _from_generator(spec, BUILTIN_TASKS[source].generator, source)
+    if source.startswith("rg:"):
+        return _from_generator(spec, source[3:], source[3:])
+    path = Path(source).expanduser()
+    if path.is_file():
+        where = str(path.resolve())
+        stem = path.stem if path.stem not in SPLIT_NAMES else f"{path.resolve().parent.name}-{path.stem}"
+        return _from_table(spec, _load_file(path, where), where, stem)
+    if path.is_dir():
+        where = f"{path.resolve()} (split={spec.split})"
+        return _from_table(spec, _load_folder(path, spec.split, where), where, path.resolve().name)
+    if path.suffix.lower() in FILE_BUILDERS or source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        raise TaskError(f"{source}: no such file or folder")
+    where = f"{source} (config={spec.config}, split={spec.split})"
+    return _from_table(spec, _load_hub(spec, where), where, source.split("/")[-1])
+
+
+def _from_generator(spec: TaskSpec, generator: str, default_name: str) -> Task:
+    """Generate offset+n rows with reasoning_gym and keep the last n (disjoint for disjoint offsets)."""
+    import reasoning_gym
+    from reasoning_gym.factory import DATASETS
+
+    if generator not in DATASETS:
+        close = difflib.get_close_matches(generator, list(DATASETS), n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise TaskError(f"rg:{generator}: reasoning_gym has no dataset named {generator!r}{hint} "
+                        f"(all names: sorted(reasoning_gym.factory.DATASETS))")
+    n = spec.n or GENERATOR_DEFAULT_N
+    where = f"reasoning_gym:{generator}(seed={spec.seed})"
+    try:
+        dataset = reasoning_gym.create_dataset(generator, size=spec.offset + n, seed=spec.seed)
+        entries = [dataset[i] for i in range(spec.offset, spec.offset + n)]
+    except Exception as exc:
+        raise TaskError(f"{where}: generation failed: {_describe(exc)}") from exc
+    columns = list(entries[0])
+    prompt_field = _resolve_field(spec.prompt_field, PROMPT_FIELDS, columns, "prompt", where)
+    response_field = _resolve_field(spec.response_field, RESPONSE_FIELDS, columns, "response", where)
+    indices = list(range(spec.offset, spec.offset + n))
+    prompts = [e.get(prompt_field) for e in entries]
+    responses = [e.get(response_field) for e in entries]
+    return _build(spec, where, default_name, indices, prompts, responses, prompt_field, response_field)
+
+
+def _from_table(spec: TaskSpec, dataset, where: str, default_name: str) -> Task:
+    """Select rows of a ``datasets.Dataset`` (optionally shuffled), then offset and n."""
+    columns = list(dataset.column_names)
+    prompt_field = _resolve_field(spec.prompt_field, PROMPT_FIELDS, columns, "prompt", where)
+    response_field = _resolve_field(spec.response_field, RESPONSE_FIELDS, columns, "response", where)
+    total = len(dataset)
+    available = total - spec.offset
+    n = spec.n if spec.n is not None else available
+    if n < 1 or n > available:
+        raise TaskError(f"{where}: asked for n={spec.n} rows after offset={spec.offset}, "
+                        f"but it has {total} rows ({max(available, 0)} after the offset)")
+    order = list(range(total))
+    if spec.shuffle:
+        random.Random(spec.seed).shuffle(order)
+    indices = order[spec.offset:spec.offset + n]
+    rows = dataset.select(indices)
+    return _build(spec, where, default_name, indices, rows[prompt_field], rows[response_field],
+                  prompt_field, response_field)
+
+
+def _build(spec, where, default_name, indices, prompts, responses, prompt_field, response_field) -> Task:
+    """Validate every selected row and return the Task with its data hash."""
+    examples = []
+    for index, prompt, response in zip(indices, prompts, responses):
+        _check_value(where, index, prompt_field, prompt)
+        _check_value(where, index, response_field, response)
+        examples.append(Example(prompt=prompt, response=response, index=index))
+    canonical = json.dumps([[e.prompt, e.response] for e in examples], ensure_ascii=False, separators=(",", ":"))
+    name = spec.name or default_name
+    return Task(name=name, source=where, examples=examples,
+                data_hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+                spec=replace(spec, n=len(examples), name=name))
+
+
+def _resolve_field(explicit, candidates, columns, role, where) -> str:
+    """Return the column to use for ``role`` ("prompt" or "response")."""
+    if explicit is not None:
+        if explicit not in columns:
+            raise TaskError(f"{where}: {role}_field {explicit!r} is not a column; columns are {columns}")
+        return explicit
+    for name in candidates:
+        if name in columns:
+            return name
+    raise TaskError(f"{where}: no {role} column found; columns are {columns}, tried {list(candidates)}; "
+                    f"pass {role}_field=<column>")
+
+
+def _check_value(where: str, index: int, field_name: str, value) -> None:
+    """Raise TaskError unless ``value`` is a non-blank string."""
+    if value is None:
+        problem = "missing or null"
+    elif not isinstance(value, str):
+        problem = f"not a string ({type(value).__name__}: {str(value)[:40]!r})"
+    elif not value.strip():
+        problem = "empty"
+    else:
+        return
+    raise TaskError(f"{where}: row {index}: field {field_name!r} is {problem}")
+
+
+def _load_file(path: Path, where: str):
+    """Return the file's rows as a ``datasets.Dataset``; CSV cells are read as verbatim text."""
+    import datasets
+
+    builder = FILE_BUILDERS.get(path.suffix.lower())
+    if builder is None:
+        raise TaskError(f"{where}: unsupported file type {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}")
+    kwargs = {}
+    try:
+        if builder == "csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
+                      "keep_default_na": False}
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as exc:
+        bad = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else ""
+        raise TaskError(f"{where}: cannot read as {builder}{bad}: {_describe(exc)}") from exc
+
+
+def _first_bad_json_line(path: Path) -> str:
+    """Return ", row i (line j) is not valid JSON" for the first bad JSONL line, else ""."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(j, line) for j, line in enumerate(f, 1) if line.strip()]
+        for row, (j, line) in enumerate(lines):
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                return f", row {row} (line {j}) is not valid JSON"
+    except (OSError, UnicodeDecodeError):
+        pass
+    return ""
+
+
+def _load_folder(path: Path, split: str, where: str):
+    """Return ``datasets.load_dataset(folder, split=split)``."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(str(path), split=split)
+    except Exception as exc:
+        raise TaskError(f"{where}: cannot load the folder as a dataset: {_describe(exc)}") from exc
+
+
+def _load_hub(spec: TaskSpec, where: str):
+    """Return ``datasets.load_dataset(source, config, split=split)`` from the hub or its cache."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(spec.source, spec.config, split=spec.split)
+    except Exception as exc:
+        raise TaskError(
+            f"{where}: not a built-in task ({', '.join(BUILTIN_TASKS)}), not 'rg:<name>', and could not be "
+            f"found locally or on the Hugging Face hub: {_describe(exc)}. Offline (no network, or "
+            f"HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) only cached hub datasets load.") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """Return the exception and its causes as one line."""
+    parts = []
+    while exc is not None and len(parts) < 4:
+        parts.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
+# ---------------------------------------------------------------- templates and encoding
+
+
+def render_prompt(prompt: str, template: str, tokenizer=None) -> str:
+    """Return the prompt text the model sees: "qa", "raw", "chat" or a custom "{prompt}" string."""
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise TaskError(f"template 'chat': tokenizer {name!r} has no chat template; use 'qa' or 'raw'")
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    text = TEMPLATES.get(template, template if "{prompt}" in template else None)
+    if text is None:
+        raise TaskError(f"unknown template {template!r}; use one of {[*TEMPLATES, 'chat']} "
+                        f"or a string containing '{{prompt}}'")
+    return text.replace("{prompt}", prompt)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # -100 on prompt tokens; response tokens + EOS carry their ids
+    index: int  # Example.index
+    truncated: bool
+
+
+@dataclass
+class EncodeStats:
+    n_in: int  # examples given
+    n_out: int  # examples encoded
+    n_truncated: int  # encoded examples cut to max_length
+    n_dropped: int  # examples left out by overlong="drop"
+    n_tokens: int  # total tokens of the encoded examples
+    n_response_tokens: int  # total tokens with a label (response + EOS)
+
+
+def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa", max_length: int = 1024,
+                    overlong: str = "truncate", source: str = "") -> tuple[list[Encoded], EncodeStats]:
+    """Tokenise prompt and response separately and concatenate; return the encodings and counts.
+
+    input_ids = prompt_ids + response_ids + [eos]; labels = [-100] * len(prompt_ids) + the rest.
+    Rows longer than ``max_length`` are cut from the right ("truncate") or left out ("drop").
+    """
+    if overlong not in OVERLONG_POLICIES:
+        raise TaskError(f"unknown overlong policy {overlong!r}; use one of {list(OVERLONG_POLICIES)}")
+    if max_length < 1:
+        raise TaskError(f"max_length must be >= 1 (got {max_length})")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise TaskError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no eos_token_id")
+    examples = list(examples)
+    if not examples:
+        return [], EncodeStats(0, 0, 0, 0, 0, 0)
+    prompts = [render_prompt(e.prompt, template, tokenizer) for e in examples]
+    prompt_ids = tokenizer(prompts, add_special_tokens=template != "chat")["input_ids"]
+    response_ids = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
+
+    encoded, n_dropped = [], 0
+    for example, p_ids, r_ids in zip(examples, prompt_ids, response_ids):
+        r_ids = list(r_ids) + [eos]
+        input_ids, labels = list(p_ids) + r_ids, [-100] * len(p_ids) + r_ids
+        truncated = len(input_ids) > max_length
+        if truncated and overlong == "drop":
+            n_dropped += 1
+            continue
+        if truncated:
+            if len(p_ids) >= max_length:
+                raise TaskError(f"{source or 'examples'}: row {example.index}: field 'response' has no token left "
+                                f"after truncation: the prompt alone has {len(p_ids)} tokens >= max_length="
+                                f"{max_length}; raise max_length or use overlong='drop'")
+            input_ids, labels = input_ids[:max_length], labels[:max_length]
+        encoded.append(Encoded(input_ids=input_ids, labels=labels, index=example.index, truncated=truncated))
+    stats = EncodeStats(n_in=len(examples), n_out=len(encoded), n_truncated=sum(e.truncated for e in encoded),
+                        n_dropped=n_dropped, n_tokens=sum(len(e.input_ids) for e in encoded),
+                        n_response_tokens=sum(sum(l != -100 for l in e.labels) for e in encoded))
+    return encoded, stats
