@@ -32,8 +32,7 @@ def qa_file(tmp_path):
 
 def test_score_then_show(model_dir, qa_file, tmp_path, capsys):
     out = tmp_path / "runs" / "qa"
-    assert main(["score", "--model", str(model_dir), "--task", str(qa_file), "--n", "0",
-                 "--batch-size", "3", "--per-sample", "-o", str(out), "--no-progress"]) == 0
+    assert main(["score", "--model", str(model_dir), "--task", str(qa_file), "--batch-size", "3", "--per-sample", "-o", str(out), "--no-progress"]) == 0
     assert "scored 7 rows" in capsys.readouterr().out
     pattern = ActivationPattern.load(out)
     assert pattern.scores.shape == (2, 4)

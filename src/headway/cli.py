@@ -22,13 +22,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="allow the model's own Python code from the hub (off by default)")
 
 
-def _add_task_args(p: argparse.ArgumentParser, n_default: int | None = 64) -> None:
+def _add_task_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("task")
     g.add_argument("--task", required=True,
                    help="built-in task (see `headway tasks`), rg:<reasoning-gym name>, a .jsonl/"
                         ".json/.csv/.parquet file, a dataset folder, or a hub dataset id")
-    g.add_argument("--n", type=int, default=n_default,
-                   help="rows to use (default: %(default)s; 0 = all rows of a file)")
+    g.add_argument("--n", type=int,
+                   help="rows to use (default: all rows of a file or dataset, 64 generated rows "
+                        "for a built-in task)")
     g.add_argument("--offset", type=int, default=0, help="skip this many rows first")
     g.add_argument("--seed", type=int, default=0, help="generator / shuffle seed")
     g.add_argument("--shuffle", action="store_true", help="shuffle file rows (seeded)")
@@ -48,7 +49,7 @@ def _load_task(args):
     from .tasks import TaskSpec, load_task
 
     return load_task(TaskSpec(
-        source=args.task, n=args.n or None, offset=args.offset, seed=args.seed,
+        source=args.task, n=args.n, offset=args.offset, seed=args.seed,
         shuffle=args.shuffle, split=args.split, config=args.config,
         prompt_field=args.prompt_field, response_field=args.response_field))
 
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and a summary")
     p.add_argument("--output-dir", default="headway-demo", help="default: %(default)s")
     p.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
-    p.add_argument("--n", type=int, default=32, help="rows per task (default 32)")
+    p.add_argument("--n", type=int, default=64, help="rows per task (default 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser

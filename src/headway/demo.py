@@ -35,7 +35,7 @@ def jaccard_top_k(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return len(ta & tb) / len(ta | tb)
 
 
-def run_demo(out: Path, model: str = "smollm2-135m", n: int = 32, progress: bool = True) -> dict:
+def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool = True) -> dict:
     from scipy.stats import spearmanr
 
     from .analysis import concentration, pearson

@@ -12,6 +12,7 @@ The *head slice* of layer l is the input of its attention output projection, sha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .progress import quiet_hf_progress
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -226,19 +229,21 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
                          f"weights, or a built-in alias ({', '.join(BUILTIN_MODELS)})")
     else:
         path, rev, where = name, revision or "main", name
-    kwargs = {"revision": revision} if revision and not Path(str(path)).is_dir() else {}
+    local = Path(str(path)).is_dir()  # hub downloads keep their progress bars
+    kwargs = {"revision": revision} if revision and not local else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                  **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code, **kwargs)
+        with quiet_hf_progress() if local else contextlib.nullcontext():
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=trust_remote_code, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelError(f"could not load model {name!r}: {err}. Use a built-in alias "
                          f"({', '.join(BUILTIN_MODELS)}), a local folder, or a hub id (needs "
                          f"network access)") from err
     commit = getattr(model.config, "_commit_hash", None)
-    if commit and not Path(str(path)).is_dir():
+    if commit and not local:
         rev = commit
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

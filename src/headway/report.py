@@ -29,7 +29,8 @@ def heatmap(scores, path: str | Path, title: str = "", top: list | None = None) 
     """
     scores = np.asarray(scores, dtype=np.float64)
     n_layers, n_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * n_heads, 1.2 + 0.22 * n_layers))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * n_heads, 1.2 + 0.22 * n_layers),
+                           layout="constrained")
     image = ax.imshow(scores, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, label="activation  mean |<Γ, ∂L/∂Γ>|")
     ax.set_xlabel("head")
@@ -46,7 +47,7 @@ def heatmap_grid(patterns: dict, path: str | Path, title: str = "") -> Path:
     """Several L x H patterns side by side, each with its own colour scale."""
     names = list(patterns)
     n_layers, n_heads = np.asarray(patterns[names[0]]).shape
-    fig, axes = plt.subplots(1, len(names), squeeze=False,
+    fig, axes = plt.subplots(1, len(names), squeeze=False, layout="constrained",
                              figsize=(len(names) * (1.4 + 0.4 * n_heads), 1.4 + 0.2 * n_layers))
     for ax, name in zip(axes[0], names):
         image = ax.imshow(np.asarray(patterns[name], dtype=np.float64), aspect="auto",

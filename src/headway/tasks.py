@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+from .progress import quiet_hf_progress
+
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "problem", "query")
 RESPONSE_FIELDS = ("response", "answer", "completion", "output", "solution")
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -214,7 +216,8 @@ def _load_file(path: Path, where: str):
                 header = next(csv.reader(f), [])
             kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
                       "keep_default_na": False}
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        with quiet_hf_progress():
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:
         bad = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else ""
         raise TaskError(f"{where}: cannot read as {builder}{bad}: {_describe(exc)}") from exc
@@ -240,7 +243,8 @@ def _load_folder(path: Path, split: str, where: str):
     import datasets
 
     try:
-        return datasets.load_dataset(str(path), split=split)
+        with quiet_hf_progress():
+            return datasets.load_dataset(str(path), split=split)
     except Exception as exc:
         raise TaskError(f"{where}: cannot load the folder as a dataset: {_describe(exc)}") from exc
 
