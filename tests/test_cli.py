@@ -59,7 +59,7 @@ def test_score_then_show(model_dir, qa_file, tmp_path, capsys):
 
 def test_reference_method_agrees_through_cli(model_dir, qa_file, tmp_path):
     for method in ("gate", "reference"):
-        assert main(["score", "--model", str(model_dir), "--task", str(qa_file), "--n", "5",
+        assert main(["score", "--model", str(model_dir), "--task", str(qa_file), "--rows", "5",
                      "--convention", "paper", "--method", method, "-o",
                      str(tmp_path / method), "--no-progress"]) == 0
     fast = ActivationPattern.load(tmp_path / "gate").scores

@@ -10,7 +10,7 @@ from headway.demo import DEMO_TASKS
 
 def test_demo_writes_patterns_figures_and_summary(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out), "--n", "4", "--no-progress"]) == 0
+    assert main(["demo", "--output-dir", str(out), "--rows", "4", "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == set(DEMO_TASKS)
     assert len(summary["pairs"]) == len(DEMO_TASKS) * (len(DEMO_TASKS) - 1) // 2
@@ -22,5 +22,5 @@ def test_demo_writes_patterns_figures_and_summary(tmp_path, capsys):
     capsys.readouterr()
 
     # a second run reuses every pattern instead of recomputing it
-    assert main(["demo", "--output-dir", str(out), "--n", "4", "--no-progress"]) == 0
+    assert main(["demo", "--output-dir", str(out), "--rows", "4", "--no-progress"]) == 0
     assert capsys.readouterr().out.count("reusing") == len(DEMO_TASKS)

@@ -1,8 +1,10 @@
-"""Command line: ``headway score | show | tasks | demo``. ``headway COMMAND --help`` for details."""
+"""Command line: ``headway score | show | train | tasks | demo``. ``headway COMMAND --help``
+for details."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -27,7 +29,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", required=True,
                    help="built-in task (see `headway tasks`), rg:<reasoning-gym name>, a .jsonl/"
                         ".json/.csv/.parquet file, a dataset folder, or a hub dataset id")
-    g.add_argument("--n", type=int,
+    g.add_argument("-n", "--rows", dest="n", type=int,
                    help="rows to use (default: all rows of a file or dataset, 64 generated rows "
                         "for a built-in task)")
     g.add_argument("--offset", type=int, default=0, help="skip this many rows first")
@@ -54,12 +56,20 @@ def _load_task(args):
         prompt_field=args.prompt_field, response_field=args.response_field))
 
 
-def _load_model(args):
+def _distributed_state():
+    """Accelerate's process state when launched with several processes, else None."""
+    from .distributed import launched_distributed, process_state
+
+    return process_state() if launched_distributed() else None
+
+
+def _load_model(args, state=None):
     import torch
 
     from .models import load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or (state.device if state else
+                             "cuda" if torch.cuda.is_available() else "cpu")
     return load_model(args.model, dtype=args.dtype, revision=args.revision,
                       trust_remote_code=args.trust_remote_code, device=device)
 
@@ -67,14 +77,17 @@ def _load_model(args):
 def cmd_score(args) -> int:
     from .scoring import score
 
+    state = _distributed_state()
     task = _load_task(args)
-    lm = _load_model(args)
+    lm = _load_model(args, state)
     output = Path(args.output or f"runs/{task.name}")
     pattern = score(lm, task, convention=args.convention, method=args.method,
                     batch_size=args.batch_size, template=args.template,
                     max_length=args.max_length, overlong=args.overlong,
                     keep_per_sample=args.per_sample, progress=not args.no_progress,
                     save_to=output)
+    if state and not state.is_main_process:
+        return 0
     m = pattern.meta
     print(f"scored {m['n_samples']} rows of {task.name} on {lm.name} "
           f"({pattern.n_layers} layers x {pattern.n_heads} heads) in {m['elapsed_s']:.1f} s; "
@@ -125,6 +138,32 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(argv: list[str]) -> int:
+    """``headway train``: fields of TrainConfig from --config YAML, overridden by flags."""
+    from transformers import HfArgumentParser
+
+    from .train import TrainConfig, load_config, run_train
+
+    parser = HfArgumentParser(
+        TrainConfig, prog="headway train",
+        description="Supervised fine-tuning with activation-pattern tracking. Every field can "
+                    "be set in a YAML file (--config) and overridden by its flag.")
+    parser.add_argument("--config", help="YAML file of TrainConfig fields")
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        defaults = dataclasses.asdict(load_config(known.config))
+        parser.set_defaults(**defaults)
+    (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)[:1]
+    config = load_config(None, **dataclasses.asdict(config))
+    manifest = run_train(config)
+    if manifest:
+        print(f"trained {manifest['global_step']} steps ({manifest['mode']}, "
+              f"{manifest['n_trainable_parameters']:,} trainable parameters) in "
+              f"{manifest['train_seconds']:.0f} s, {manifest['tracking_seconds']:.0f} s of it "
+              f"recording patterns; run directory {config.output_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headway",
@@ -157,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_show)
 
+    sub.add_parser("train", add_help=False,
+                   help="SFT (full, LoRA or selected heads) recording activation patterns and "
+                        "parameter change; `headway train --help` for its fields")
+
     p = sub.add_parser("tasks", help="list the built-in tasks")
     p.set_defaults(func=cmd_tasks)
 
@@ -164,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and a summary")
     p.add_argument("--output-dir", default="headway-demo", help="default: %(default)s")
     p.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
-    p.add_argument("--n", type=int, default=64, help="rows per task (default 64)")
+    p.add_argument("-n", "--rows", dest="n", type=int, default=64,
+                   help="rows per task (default 64)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -175,10 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     from .scoring import ScoringError
     from .tasks import TaskError
 
-    args = build_parser().parse_args(argv)
+    from .train import ConfigError
+
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        if argv and argv[0] == "train":
+            return cmd_train(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (TaskError, ModelError, ScoringError, FileNotFoundError) as err:
+    except (TaskError, ModelError, ScoringError, ConfigError, FileNotFoundError) as err:
         print(f"headway: error: {err}", file=sys.stderr)
         return 2
 

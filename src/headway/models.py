@@ -37,26 +37,40 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True)
 class Architecture:
-    """Where a family keeps its decoder layers and each layer's attention output projection."""
+    """Where a family keeps its decoder layers and, inside each layer, its attention projections.
+
+    ``qkv`` names the separate query / key / value projections (``nn.Linear``, weight
+    ``[heads * head_dim, hidden]``) or is None for families with one fused projection; those
+    support scoring but not head-selective training or per-head q/k/v change. ``mlp`` lists the
+    layer's feed-forward modules (for parameter-change tracking).
+    """
 
     layers: str  # dotted path from the CausalLM to the list of decoder layers
     out_proj: str  # dotted path from one layer to the module whose input is the head slice
+    qkv: tuple[str, str, str] | None = None
+    mlp: tuple[str, ...] = ("mlp",)
 
+
+_LLAMA_LIKE = Architecture("model.layers", "self_attn.o_proj",
+                           ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "llama": Architecture("model.layers", "self_attn.o_proj"),
-    "mistral": Architecture("model.layers", "self_attn.o_proj"),
-    "qwen2": Architecture("model.layers", "self_attn.o_proj"),
-    "qwen3": Architecture("model.layers", "self_attn.o_proj"),
-    "gemma": Architecture("model.layers", "self_attn.o_proj"),
-    "gemma2": Architecture("model.layers", "self_attn.o_proj"),
-    "gemma3_text": Architecture("model.layers", "self_attn.o_proj"),
-    "smollm3": Architecture("model.layers", "self_attn.o_proj"),
-    "phi3": Architecture("model.layers", "self_attn.o_proj"),
-    "gpt2": Architecture("transformer.h", "attn.c_proj"),
-    "gpt_neox": Architecture("gpt_neox.layers", "attention.dense"),
-    "opt": Architecture("model.decoder.layers", "self_attn.out_proj"),
-    "phi": Architecture("model.layers", "self_attn.dense"),
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "smollm3": _LLAMA_LIKE,
+    "phi3": Architecture("model.layers", "self_attn.o_proj"),  # fused qkv_proj
+    "gpt2": Architecture("transformer.h", "attn.c_proj"),  # fused c_attn
+    "gpt_neox": Architecture("gpt_neox.layers", "attention.dense"),  # fused query_key_value
+    "opt": Architecture("model.decoder.layers", "self_attn.out_proj",
+                        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+                        ("fc1", "fc2")),
+    "phi": Architecture("model.layers", "self_attn.dense",
+                        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
 }
 
 
@@ -255,8 +269,20 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
                        n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, info=info)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers CausalLM inside PEFT and DistributedDataParallel wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):  # peft.PeftModel
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), nn.Module):  # DDP
+            model = model.module
+        else:
+            return model
+
+
 def architecture(model: nn.Module) -> Architecture:
     """The :class:`Architecture` of ``model``; a clear error for unsupported families."""
+    model = unwrap_model(model)
     model_type = model.config.model_type
     try:
         return ARCHITECTURES[model_type]
@@ -277,25 +303,35 @@ def _get(module: nn.Module, dotted: str) -> nn.Module:
 
 def attention_output_projections(model: nn.Module) -> list[nn.Module]:
     """One module per layer whose input is the head slice ``[batch, seq, n_heads*head_dim]``."""
+    out_proj = architecture(model).out_proj
+    try:
+        return [_get(layer, out_proj) for layer in decoder_layers(model)]
+    except AttributeError as err:
+        raise ModelError(f"{type(unwrap_model(model)).__name__}: no {out_proj!r} in its "
+                         f"decoder layers: {err}") from err
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's decoder layers, first to last."""
+    model = unwrap_model(model)
     arch = architecture(model)
     try:
-        layers = _get(model, arch.layers)
-        return [_get(layer, arch.out_proj) for layer in layers]
+        return list(_get(model, arch.layers))
     except AttributeError as err:
-        raise ModelError(f"{type(model).__name__}: expected layers at {arch.layers!r} with "
-                         f"{arch.out_proj!r} inside: {err}") from err
+        raise ModelError(f"{type(model).__name__}: expected decoder layers at "
+                         f"{arch.layers!r}: {err}") from err
 
 
 def _in_features(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
+    if hasattr(module, "in_features"):  # nn.Linear, and PEFT's LoRA layers around one
         return module.in_features
-    return module.weight.shape[0]  # transformers' Conv1D (GPT-2) stores weight as [in, out]
+    return module.nx  # transformers' Conv1D (GPT-2)
 
 
 def head_geometry(model: nn.Module) -> tuple[int, int, int]:
     """``(n_layers, n_query_heads, head_dim)`` read from the modules themselves."""
     projections = attention_output_projections(model)
-    config = model.config
+    config = unwrap_model(model).config
     n_heads = getattr(config, "num_attention_heads", None) or config.n_head
     width = _in_features(projections[0])
     if width % n_heads:

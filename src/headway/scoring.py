@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from .models import attention_output_projections
+from .distributed import barrier, rank_world
+from .models import attention_output_projections, unwrap_model
 from .storage import atomic_save_tensors
 
 CONVENTIONS = ("sample", "paper")
@@ -85,6 +86,7 @@ def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
     loss in nats, float32; ``attentions`` is the decoder's tuple of ``[B, H, T, T]`` when
     ``output_attentions`` else None.
     """
+    model = unwrap_model(model)
     decoder = getattr(model, model.base_model_prefix)
     out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   output_attentions=output_attentions, use_cache=False)
@@ -231,7 +233,15 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     ``sample`` sorts rows by length (less padding); ``paper`` keeps file order in batches of
     ``batch_size`` (default 4), as the released script does. Finished batches are skipped on
     resume when ``checkpoint`` holds them.
+
+    Under ``torch.distributed`` (``accelerate launch`` / ``torchrun``) process r computes
+    batches r, r + W, r + 2W, ... and the per-sample results are summed across processes, so
+    every process returns the full result, equal to a single-process run.
     """
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    distributed = world > 1
     from tqdm.auto import tqdm
 
     if convention not in CONVENTIONS:
@@ -247,11 +257,13 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
         "done": torch.zeros(N, dtype=torch.bool)}
     batches = make_batches([len(e.input_ids) for e in encoded], batch_size,
                            sort_by_length=convention == "sample")
+    batches = batches[rank::world]
     device = next(model.parameters()).device
     step = gate_scores if method == "gate" else reference_scores
-    done = int(state["done"].sum())
-    with tqdm(total=N, initial=done, desc=desc, unit="sample", disable=not progress,
-              dynamic_ncols=True) as bar:
+    mine = sum(len(rows) for rows in batches)
+    done = sum(int(state["done"][rows].sum()) for rows in batches)
+    with tqdm(total=mine, initial=done, desc=desc, unit="sample",
+              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
         for rows in batches:
             if bool(state["done"][rows].all()):
                 continue
@@ -263,6 +275,14 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
             bar.update(len(rows))
             if checkpoint:
                 checkpoint.save(state)
+    if distributed:  # each row was computed by exactly one process; the others hold zeros
+        for name in ("per_sample", "loss"):
+            mine_only = torch.zeros_like(state[name])
+            for rows in batches:
+                mine_only[rows] = state[name][rows]
+            state[name] = mine_only.to(device)
+            dist.all_reduce(state[name])
+            state[name] = state[name].cpu()
     return {"per_sample": state["per_sample"], "loss": state["loss"]}
 
 
@@ -303,9 +323,11 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
                 "template": template, "max_length": max_length, "overlong": overlong}
     key = {"model": lm.describe(), "data_hash": task.data_hash, **settings}
     checkpoint = None
+    rank, world = rank_world()
     if save_to:
         tensor_file, _ = pattern_paths(save_to)
-        checkpoint = ScoreCheckpoint(tensor_file.with_suffix(".partial.safetensors"), key)
+        suffix = ".partial.safetensors" if world == 1 else f".partial-{rank}-of-{world}.safetensors"
+        checkpoint = ScoreCheckpoint(tensor_file.with_suffix(suffix), key)
     result = score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.tokenizer.pad_token_id,
                            convention=convention, method=method, batch_size=batch_size,
                            pad_to=pad_to, progress=progress, checkpoint=checkpoint,
@@ -320,7 +342,7 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
         "n_dropped": stats.n_dropped, "n_tokens": stats.n_tokens,
         "n_response_tokens": stats.n_response_tokens,
         "mean_loss": float(result["loss"].mean()),
-        "elapsed_s": round(time.perf_counter() - start, 3),
+        "elapsed_s": round(time.perf_counter() - start, 3), "world_size": world,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": library_versions(),
     }
@@ -329,6 +351,8 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
         per_sample=per_sample if keep_per_sample else None, loss=result["loss"],
         index=torch.tensor([e.index for e in encoded], dtype=torch.long))
     if save_to:
-        pattern.save(save_to)
+        if rank == 0:
+            pattern.save(save_to)
+        barrier()
         checkpoint.remove()
     return pattern

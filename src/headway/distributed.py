@@ -1,0 +1,41 @@
+"""Several processes (``torchrun``, ``accelerate launch``): who am I, how many are we.
+
+On CPU, start with ``torchrun --nproc_per_node N -m headway.cli ...`` (gloo); on GPUs,
+``accelerate launch --multi_gpu ...`` or ``torchrun`` (nccl). A single process needs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def launched_distributed() -> bool:
+    """True when a launcher started several processes (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_state():
+    """Accelerate's ``PartialState`` (initialises the process group). On a machine without
+    CUDA it is created with ``cpu=True``, which is what makes several CPU processes (gloo)
+    count as distributed."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every process (no-op for a single process)."""
+    if rank_world()[1] > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

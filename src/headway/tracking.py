@@ -1,0 +1,139 @@
+"""Record activation patterns and parameter change while a model trains (a TrainerCallback).
+
+At step 0, every ``every`` optimizer steps and at the end, for each probe task (held-out rows,
+the same rows every time) it writes ``patterns/step_SSSSSS/PROBE.{safetensors,json}`` and
+``param_change/step_SSSSSS.safetensors`` (tensors q, k, v, o, attn [L, H] and mlp [L]: relative
+Frobenius change from the weights at step 0), and appends one line per record to
+``metrics.jsonl``. Training-loss lines from the Trainer's logs go to the same file.
+
+Every process takes part in scoring the probes (the rows are split between them); only the
+main process writes. Records are keyed by step, so a resumed run drops the lines of
+steps after its checkpoint (they belong to the abandoned trajectory) and writes them anew.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .analysis import concentration
+from .heads import HeadWeights
+from .patterns import ActivationPattern
+from .scoring import library_versions, score_encoded
+from .storage import atomic_save_tensors, atomic_write_bytes
+
+
+@dataclass
+class Probe:
+    """A probe task, already encoded: name, rows (``Encoded``), data hash and source."""
+
+    name: str
+    encoded: list
+    data_hash: str
+    source: str
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: Path, last_step: int) -> int:
+    """Keep only records of steps <= ``last_step`` (atomically); return how many remain."""
+    kept = [r for r in read_metrics(path) if r["step"] <= last_step]
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+    return len(kept)
+
+
+class PatternTracker(TrainerCallback):
+    """Records probe APs and per-head parameter change during training.
+
+    ``initial`` holds the step-0 weights (see :meth:`HeadWeights.snapshot`); pass the snapshot
+    of the freshly loaded model so a resumed run measures change from the true start.
+    """
+
+    def __init__(self, run_dir: Path, probes: list[Probe], every: int, pad_id: int,
+                 initial: dict[str, torch.Tensor], model_meta: dict, batch_size: int = 8,
+                 is_main: bool = True):
+        self.run_dir = Path(run_dir)
+        self.probes = probes
+        self.every = every
+        self.pad_id = pad_id
+        self.initial = initial
+        self.model_meta = model_meta
+        self.batch_size = batch_size
+        self.is_main = is_main
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.seconds = 0.0  # time spent recording, for the overhead figure
+
+    # -- Trainer events -----------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.record(model, 0, state)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self.record(model, state.global_step, state)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.every or state.global_step % self.every:
+            self.record(model, state.global_step, state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.is_main and logs and "loss" in logs:
+            self._append({"kind": "train", "step": state.global_step,
+                          **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+
+    # -- recording ------------------------------------------------------------------------
+    def _append(self, record: dict) -> None:
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def record(self, model, step: int, state=None) -> dict | None:
+        """Score every probe (all processes share the work) and, on the main process, write
+        the patterns, the parameter change and a metrics line."""
+        start = time.perf_counter()
+        was_training = model.training
+        model.eval()
+        weights = HeadWeights(model)
+        entry = {"kind": "probe", "step": step, "probes": {}}
+        tag = f"step_{step:06d}"
+        for probe in self.probes:
+            out = score_encoded(model, probe.encoded, weights.n_layers, weights.n_heads,
+                                self.pad_id, batch_size=self.batch_size, progress=False)
+            scores = out["per_sample"].abs().mean(0)
+            meta = {"kind": "headway.ActivationPattern", "format_version": 1,
+                    "model": self.model_meta, "step": step,
+                    "task": {"name": probe.name, "source": probe.source,
+                             "data_hash": probe.data_hash},
+                    "convention": "sample", "method": "gate", "n_samples": len(probe.encoded),
+                    "mean_loss": float(out["loss"].mean()), "versions": library_versions()}
+            if self.is_main:
+                ActivationPattern(scores=scores, meta=meta, per_sample=out["per_sample"],
+                                  loss=out["loss"]).save(self.run_dir / "patterns" / tag / probe.name)
+            entry["probes"][probe.name] = {"loss": meta["mean_loss"],
+                                           **concentration(scores.numpy())}
+        if not self.is_main:
+            if was_training:
+                model.train()
+            return None
+        change = weights.relative_change(self.initial)
+        atomic_save_tensors(self.run_dir / "param_change" / f"{tag}.safetensors", change)
+        entry["param_change"] = {"attn_mean": float(change["attn"].nanmean()),
+                                 "attn_max": float(change["attn"].nan_to_num(0).max()),
+                                 "mlp_mean": float(change["mlp"].mean())}
+        if was_training:
+            model.train()
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        entry["record_s"] = round(elapsed, 3)
+        self._append(entry)
+        return entry

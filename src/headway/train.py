@@ -1,0 +1,284 @@
+"""Supervised fine-tuning with activation-pattern tracking (TRL SFTTrainer + PatternTracker).
+
+``headway train [--config run.yaml] [--field value ...]``: every :class:`TrainConfig` field is a
+YAML key and a command-line flag; flags override the file. Training uses the same encoding as
+scoring (``tasks.encode_examples``: loss on response tokens only), handed to SFTTrainer as a
+pre-tokenised ``input_ids`` / ``labels`` dataset.
+
+Run directory (``output_dir``):
+    config.yaml         the resolved configuration
+    manifest.json       model identity, data hashes, versions, heads trained, status, timings
+    metrics.jsonl       train-loss lines and probe records (see headway.tracking)
+    patterns/step_*/    probe activation patterns
+    param_change/       per-head relative parameter change
+    checkpoints/        Trainer checkpoints (resume), when save_steps > 0
+    final/              the trained weights (LoRA: the adapter), unless save_final is false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import TrainerCallback
+
+MODES = ("full", "lora", "heads")
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a tracked SFT run needs. Field names follow transformers' TrainingArguments
+    where one exists."""
+
+    # model and data
+    model: str = _f("smollm2-135m", "Built-in alias, local folder or hub id.")
+    dtype: str = _f("float32", "float32, bfloat16 or float16.")
+    task: str = _f("arithmetic", "Training task: built-in name, rg:<name>, file, folder or hub id.")
+    rows: int = _f(256, "Training rows.")
+    offset: int = _f(0, "Skip this many rows of the task first.")
+    data_seed: int = _f(0, "Generator / shuffle seed of the task rows.")
+    split: str = _f("train", "Split for folders and hub datasets.")
+    dataset_config: str | None = _f(None, "Hub dataset configuration (e.g. main for gsm8k).")
+    prompt_field: str | None = _f(None, "Prompt column (default: auto-detect).")
+    response_field: str | None = _f(None, "Response column (default: auto-detect).")
+    template: str = _f("qa", "Prompt template: qa, raw, chat or a string with {prompt}.")
+    max_length: int = _f(512, "Tokens per row.")
+    overlong: str = _f("truncate", "Rows over max_length: truncate or drop.")
+    # what to train
+    mode: str = _f("full", "full: every weight; lora: PEFT LoRA adapters; heads: only the q/k/v "
+                           "rows and o columns of selected heads.")
+    heads: list[str] = _f([], "mode=heads: heads as LAYER.HEAD (e.g. 3.1 5.0).")
+    heads_from: str | None = _f(None, "mode=heads: take the top_k heads of this pattern file.")
+    top_k: int = _f(10, "mode=heads with heads_from: how many heads.")
+    lora_r: int = _f(8, "LoRA rank.")
+    lora_alpha: int = _f(16, "LoRA alpha.")
+    lora_dropout: float = _f(0.0, "LoRA dropout.")
+    lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"],
+                                        "Module names LoRA adapts.")
+    # optimisation (TrainingArguments names)
+    learning_rate: float = _f(5e-5, "Peak learning rate.")
+    lr_scheduler_type: str = _f("linear", "transformers scheduler name.")
+    warmup_steps: int = _f(0, "Linear warm-up steps.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    per_device_train_batch_size: int = _f(8, "Rows per step per process.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    max_steps: int = _f(100, "Optimizer steps (<= 0: use num_train_epochs).")
+    num_train_epochs: float = _f(1.0, "Epochs when max_steps <= 0.")
+    seed: int = _f(0, "Training seed (init of adapters, data order).")
+    logging_steps: int = _f(10, "Log the training loss every this many steps.")
+    save_steps: int = _f(0, "Checkpoint every this many steps (0: no checkpoints).")
+    save_total_limit: int = _f(2, "Checkpoints kept.")
+    save_final: bool = _f(True, "Save the trained weights to output_dir/final.")
+    # tracking
+    probes: list[str] = _f([], "Probe tasks (default: the training task). Rows of the training "
+                               "task are taken after the training rows (held out).")
+    probe_rows: int = _f(32, "Rows per probe.")
+    track_every: int = _f(25, "Record probe APs and parameter change every this many steps "
+                              "(0: only at the start and the end).")
+    tracking: bool = _f(True, "Record probe patterns and parameter change (false: plain SFT).")
+    tensorboard: bool = _f(False, "Also log to TensorBoard (output_dir/tensorboard).")
+    output_dir: str = _f("runs/train", "Run directory.")
+    resume: bool = _f(True, "Resume from the last checkpoint in output_dir if there is one.")
+    progress: bool = _f(True, "Show a progress bar.")
+
+
+class ConfigError(ValueError):
+    """A bad training configuration: names the file and the field."""
+
+
+def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a YAML file (optional), then keyword overrides."""
+    values: dict = {}
+    if path:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read the configuration: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in list(values) + list(overrides):
+        if key not in names:
+            raise ConfigError(f"{path or 'arguments'}: unknown field {key!r}; fields are "
+                              f"{sorted(names)}")
+    config = TrainConfig(**{**values, **overrides})
+    validate(config, str(path or "arguments"))
+    return config
+
+
+def validate(c: TrainConfig, where: str = "config") -> None:
+    if c.mode not in MODES:
+        raise ConfigError(f"{where}: mode {c.mode!r} is not one of {MODES}")
+    if c.mode == "heads" and not (c.heads or c.heads_from):
+        raise ConfigError(f"{where}: mode 'heads' needs 'heads' (LAYER.HEAD ...) or 'heads_from'")
+    if c.mode != "heads" and (c.heads or c.heads_from):
+        raise ConfigError(f"{where}: 'heads' / 'heads_from' need mode 'heads' (mode is {c.mode!r})")
+    for name in ("rows", "probe_rows", "per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(c, name) < 1:
+            raise ConfigError(f"{where}: {name} must be >= 1 (got {getattr(c, name)})")
+    if c.track_every < 0 or c.save_steps < 0:
+        raise ConfigError(f"{where}: track_every and save_steps must be >= 0")
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(get_last_checkpoint(str(folder))) if folder.is_dir() and \
+        get_last_checkpoint(str(folder)) else None
+
+
+def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
+    from .tasks import TaskSpec
+
+    own = source == c.task
+    return TaskSpec(source=source, n=n, offset=offset, seed=c.data_seed, split=c.split,
+                    config=c.dataset_config if own else None,
+                    prompt_field=c.prompt_field if own else None,
+                    response_field=c.response_field if own else None)
+
+
+def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
+    """Probe tasks, encoded. The training task's probe rows follow its training rows."""
+    from .tasks import encode_examples, load_task
+    from .tracking import Probe
+
+    probes = []
+    for source in c.probes or [c.task]:
+        offset = c.offset + c.rows if source == c.task else 0
+        task = load_task(_task_spec(c, source, c.probe_rows, offset))
+        if source == c.task:
+            overlap = {e.index for e in task.examples} & {e.index for e in train_task.examples}
+            assert not overlap, f"probe rows overlap training rows: {sorted(overlap)[:5]}"
+        encoded, _ = encode_examples(task.examples, tokenizer, c.template, c.max_length,
+                                     c.overlong, task.source)
+        probes.append(Probe(name=task.name, encoded=encoded, data_hash=task.data_hash,
+                            source=task.source))
+    return probes
+
+
+def run_train(c: TrainConfig) -> dict:
+    """Train with tracking; return the manifest (also written to the run directory)."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from .distributed import process_state
+    from .heads import HeadSelection, HeadWeights, parse_heads, top_heads_from_file
+    from .models import load_model
+    from .scoring import library_versions
+    from .storage import atomic_write_bytes, atomic_write_json
+    from .tasks import encode_examples, load_task
+    from .tracking import PatternTracker, truncate_metrics
+
+    validate(c)
+    run = Path(c.output_dir)
+    ckpt_dir = run / "checkpoints"
+    state = process_state()
+    resume_from = _last_checkpoint(ckpt_dir) if c.resume else None
+    if state.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(run / "config.yaml",
+                           yaml.safe_dump(dataclasses.asdict(c), sort_keys=False).encode())
+        if resume_from is None:
+            (run / "metrics.jsonl").unlink(missing_ok=True)
+
+    lm = load_model(c.model, dtype=c.dtype)
+    train_task = load_task(_task_spec(c, c.task, c.rows, c.offset))
+    encoded, stats = encode_examples(train_task.examples, lm.tokenizer, c.template,
+                                     c.max_length, c.overlong, train_task.source)
+    probes = build_probes(c, lm.tokenizer, train_task) if c.tracking else []
+    initial = HeadWeights(lm.model).snapshot() if c.tracking else {}
+
+    selection = None
+    if c.mode == "heads":
+        heads = (top_heads_from_file(c.heads_from, c.top_k) if c.heads_from
+                 else parse_heads(c.heads, lm.n_layers, lm.n_heads))
+        selection = HeadSelection(lm.model, heads).apply()
+    peft_config = None
+    if c.mode == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=c.lora_r, lora_alpha=c.lora_alpha,
+                                 lora_dropout=c.lora_dropout,
+                                 target_modules=c.lora_target_modules, task_type="CAUSAL_LM")
+
+    if c.tensorboard:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+    args = SFTConfig(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=c.per_device_train_batch_size,
+        gradient_accumulation_steps=c.gradient_accumulation_steps,
+        learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler_type,
+        warmup_steps=c.warmup_steps, weight_decay=c.weight_decay, max_steps=c.max_steps,
+        num_train_epochs=c.num_train_epochs, seed=c.seed, data_seed=c.seed,
+        logging_steps=c.logging_steps, save_strategy="steps" if c.save_steps else "no",
+        save_steps=c.save_steps or 500, save_total_limit=c.save_total_limit,
+        report_to=["tensorboard"] if c.tensorboard else "none",
+        max_length=c.max_length, packing=False,
+        bf16=c.dtype in ("bfloat16", "bf16"), fp16=c.dtype in ("float16", "fp16"),
+        disable_tqdm=not c.progress, dataloader_num_workers=0, remove_unused_columns=True,
+        use_cpu=not torch.cuda.is_available())
+    dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
+                                 "labels": [e.labels for e in encoded]})
+    tracker = PatternTracker(run, probes, c.track_every, lm.tokenizer.pad_token_id, initial,
+                             lm.describe(), is_main=state.is_main_process)
+    callbacks = [tracker] if c.tracking else []
+    if selection is not None:
+        callbacks.append(RestoreUnselected(selection))
+    trainer = SFTTrainer(model=lm.model, args=args, train_dataset=dataset,
+                         processing_class=lm.tokenizer, peft_config=peft_config,
+                         callbacks=callbacks)
+    n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    if selection is not None:
+        n_trainable = selection.n_trainable
+    manifest = {
+        "kind": "headway.TrainRun", "format_version": 1, "status": "running",
+        "model": lm.describe(), "mode": c.mode,
+        "heads": [f"{l}.{h}" for l, h in selection.heads] if selection else None,
+        "n_trainable_parameters": n_trainable,
+        "n_parameters": sum(p.numel() for p in lm.model.parameters()),
+        "train_task": {"name": train_task.name, "source": train_task.source,
+                       "data_hash": train_task.data_hash, "n": stats.n_out,
+                       "n_truncated": stats.n_truncated, "n_dropped": stats.n_dropped},
+        "probes": [{"name": p.name, "source": p.source, "data_hash": p.data_hash,
+                    "n": len(p.encoded)} for p in probes],
+        "world_size": state.num_processes, "versions": library_versions(),
+        "resumed_from": str(resume_from) if resume_from else None,
+    }
+    if state.is_main_process:
+        if resume_from is not None:
+            step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+            truncate_metrics(run / "metrics.jsonl", step)
+        atomic_write_json(run / "manifest.json", manifest)
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    manifest.update(status="finished", global_step=trainer.state.global_step,
+                    train_seconds=round(time.perf_counter() - start, 2),
+                    tracking_seconds=round(tracker.seconds, 2),
+                    train_loss=result.training_loss)
+    if c.save_final:
+        trainer.save_model(str(run / "final"))  # every process calls it; the main one writes
+    if state.is_main_process:
+        atomic_write_json(run / "manifest.json", manifest)
+    return manifest
+
+
+class RestoreUnselected(TrainerCallback):
+    """After each optimizer step, put back every weight entry outside the selected heads."""
+
+    def __init__(self, selection):
+        self.selection = selection
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.selection.restore()

@@ -1,0 +1,69 @@
+"""Two CPU processes (torchrun, gloo): scoring equals one process; DDP training runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import make_byte_tokenizer
+from tiny_models import tiny_model
+
+from headway.patterns import ActivationPattern
+from headway.tracking import read_metrics
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tiny_model("qwen2").save_pretrained(folder)
+    make_byte_tokenizer(add_bos=True).save_pretrained(folder)
+    return folder
+
+
+def run(args: list[str], processes: int) -> None:
+    # One thread per process in both runs: a different thread count changes float summation
+    # order (about 1e-4 relative on per-sample scores of a 30-layer model), not the method.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        cmd = [sys.executable, "-m", "headway.cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               "--master_port", "29517", "-m", "headway.cli", *args]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
+        raise
+    assert proc.returncode == 0, err[-3000:]
+
+
+def test_two_process_scoring_equals_one_process(model_dir, tmp_path):
+    common = ["score", "--model", str(model_dir), "--task", "arithmetic", "--rows", "23",
+              "--batch-size", "4", "--per-sample", "--no-progress"]
+    run(common + ["-o", str(tmp_path / "one")], 1)
+    run(common + ["-o", str(tmp_path / "two")], 2)
+    one, two = ActivationPattern.load(tmp_path / "one"), ActivationPattern.load(tmp_path / "two")
+    assert two.meta["world_size"] == 2 and one.meta["world_size"] == 1
+    rel = float((one.per_sample - two.per_sample).abs().max() / one.per_sample.abs().max())
+    assert rel <= 1e-6
+    assert float((one.scores - two.scores).abs().max() / one.scores.abs().max()) <= 1e-6
+    assert not list(tmp_path.glob("*partial*"))
+
+
+def test_two_process_ddp_training_records(model_dir, tmp_path):
+    out = tmp_path / "ddp"
+    run(["train", "--model", str(model_dir), "--task", "arithmetic", "--rows", "16",
+         "--probe_rows", "4", "--max_steps", "4", "--track_every", "2",
+         "--per_device_train_batch_size", "2", "--output_dir", str(out), "--progress", "false"],
+        2)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["global_step"] == 4
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "probe"] \
+        == [0, 2, 4]
+    assert (out / "final" / "config.json").is_file()

@@ -1,0 +1,149 @@
+"""Tracked SFT on a tiny model: records, resume, head-selective exactness, LoRA, config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_byte_tokenizer
+from tiny_models import tiny_model
+
+from headway import tracking
+from headway.cli import main
+from headway.patterns import ActivationPattern
+from headway.train import ConfigError, load_config, run_train
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama").save_pretrained(folder)
+    make_byte_tokenizer(add_bos=True).save_pretrained(folder)
+    return folder
+
+
+def config(model_dir, out, **kw):
+    base = dict(model=str(model_dir), task="arithmetic", rows=24, probe_rows=6, max_steps=6,
+                per_device_train_batch_size=4, track_every=2, learning_rate=1e-2,
+                logging_steps=2, output_dir=str(out), progress=False, save_final=False)
+    return load_config(None, **{**base, **kw})
+
+
+def probe_steps(run):
+    return [r["step"] for r in tracking.read_metrics(run / "metrics.jsonl") if r["kind"] == "probe"]
+
+
+def test_tracked_run_records_requested_steps(model_dir, tmp_path):
+    run = tmp_path / "run"
+    manifest = run_train(config(model_dir, run, probes=["arithmetic", "sorting"]))
+    assert manifest["status"] == "finished" and manifest["global_step"] == 6
+    assert probe_steps(run) == [0, 2, 4, 6]
+    for step in (0, 2, 4, 6):
+        for probe in ("arithmetic", "sorting"):
+            p = ActivationPattern.load(run / "patterns" / f"step_{step:06d}" / probe)
+            assert p.scores.shape == (2, 4) and p.meta["step"] == step
+    from safetensors.torch import load_file
+    start = load_file(run / "param_change" / "step_000000.safetensors")
+    end = load_file(run / "param_change" / "step_000006.safetensors")
+    assert float(start["attn"].abs().max()) == 0.0
+    assert float(end["attn"].min()) > 0 and end["q"].shape == (2, 4) and end["mlp"].shape == (2,)
+    records = tracking.read_metrics(run / "metrics.jsonl")
+    assert any(r["kind"] == "train" and "loss" in r for r in records)
+    first = ActivationPattern.load(run / "patterns" / "step_000000" / "arithmetic")
+    last = ActivationPattern.load(run / "patterns" / "step_000006" / "arithmetic")
+    assert not torch.equal(first.scores, last.scores)  # training moved the pattern
+    # probe rows are held out: they come after the 24 training rows
+    assert int(first.loss.numel()) == 6
+    json.loads((run / "manifest.json").read_text())
+
+
+def test_resume_after_kill_continues_without_losing_records(model_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real = tracking.PatternTracker.on_step_end
+
+    def killed_at_step_5(self, args, state, control, **kw):
+        if state.global_step == 5:
+            raise KeyboardInterrupt("killed")
+        return real(self, args, state, control, **kw)
+
+    monkeypatch.setattr(tracking.PatternTracker, "on_step_end", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config(model_dir, run, save_steps=2))
+    assert probe_steps(run) == [0, 2, 4]
+    monkeypatch.setattr(tracking.PatternTracker, "on_step_end", real)
+
+    manifest = run_train(config(model_dir, run, save_steps=2))
+    assert manifest["resumed_from"].endswith("checkpoint-4")
+    assert manifest["global_step"] == 6
+    assert probe_steps(run) == [0, 2, 4, 6]  # step 0-4 kept, 6 added, nothing twice
+
+
+def test_head_selective_leaves_everything_else_bit_identical(model_dir, tmp_path):
+    from headway.models import load_model
+
+    run = tmp_path / "run"
+    manifest = run_train(config(model_dir, run, mode="heads", heads=["0.1", "1.2"],
+                                weight_decay=0.1, save_final=True))
+    assert manifest["heads"] == ["0.1", "1.2"]
+    before = dict(load_model(str(model_dir)).model.named_parameters())
+    after = dict(load_model(str(run / "final")).model.named_parameters())
+    d = 8  # head_dim; 4 query heads share 2 key/value heads (group of 2)
+    selected = {  # parameter name -> (dim, slice) that may change
+        "model.layers.0.self_attn.q_proj.weight": (0, slice(8, 16)),
+        "model.layers.0.self_attn.k_proj.weight": (0, slice(0, 8)),  # kv head 0 = heads 0,1
+        "model.layers.0.self_attn.v_proj.weight": (0, slice(0, 8)),
+        "model.layers.0.self_attn.o_proj.weight": (1, slice(8, 16)),
+        "model.layers.1.self_attn.q_proj.weight": (0, slice(16, 24)),
+        "model.layers.1.self_attn.k_proj.weight": (0, slice(8, 16)),  # kv head 1 = heads 2,3
+        "model.layers.1.self_attn.v_proj.weight": (0, slice(8, 16)),
+        "model.layers.1.self_attn.o_proj.weight": (1, slice(16, 24)),
+    }
+    assert d == 8
+    for name, w0 in before.items():
+        w1 = after[name]
+        if name not in selected:
+            assert torch.equal(w0, w1), f"{name} changed"
+            continue
+        dim, part = selected[name]
+        mask = torch.zeros_like(w0, dtype=torch.bool)
+        mask.narrow(dim, part.start, part.stop - part.start).fill_(True)
+        assert torch.equal(w0[~mask], w1[~mask]), f"{name}: unselected entries changed"
+        assert not torch.equal(w0[mask], w1[mask]), f"{name}: selected entries did not change"
+    assert manifest["n_trainable_parameters"] == 2 * (8 * 32 * 3 + 32 * 8)
+
+
+def test_lora_run_trains_adapters_only(model_dir, tmp_path):
+    run = tmp_path / "run"
+    manifest = run_train(config(model_dir, run, mode="lora", lora_r=2, max_steps=4,
+                                track_every=0))
+    assert 0 < manifest["n_trainable_parameters"] < manifest["n_parameters"] / 5
+    assert probe_steps(run) == [0, 4]
+    from safetensors.torch import load_file
+    change = load_file(run / "param_change" / "step_000004.safetensors")
+    assert float(change["q"].min()) > 0 and float(change["mlp"].max()) == 0.0
+
+
+def test_train_cli_yaml_and_overrides(model_dir, tmp_path, capsys):
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text(f"model: {model_dir}\ntask: arithmetic\nrows: 8\nprobe_rows: 4\n"
+                         f"max_steps: 3\ntrack_every: 0\nper_device_train_batch_size: 4\n")
+    out = tmp_path / "cli-run"
+    assert main(["train", "--config", str(yaml_file), "--max_steps", "2", "--output_dir",
+                 str(out), "--progress", "false", "--save_final", "false"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert "max_steps: 2" in (out / "config.yaml").read_text()
+
+    yaml_file.write_text("max_step: 3\n")
+    assert main(["train", "--config", str(yaml_file)]) == 2
+    err = capsys.readouterr().err
+    assert "run.yaml" in err and "'max_step'" in err
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="mode 'heads' needs"):
+        load_config(None, mode="heads")
+    with pytest.raises(ConfigError, match="need mode 'heads'"):
+        load_config(None, heads=["1.1"])
+    with pytest.raises(ConfigError, match="mode 'sparse' is not one of"):
+        load_config(None, mode="sparse")
