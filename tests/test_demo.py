@@ -10,8 +10,14 @@ from headway.demo import DEMO_TASKS
 
 def test_demo_writes_patterns_figures_and_summary(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--output-dir", str(out), "--rows", "4", "--no-progress"]) == 0
+    assert main(["demo", "--output-dir", str(out), "--rows", "4", "--sft-steps", "2",
+                 "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    sft = summary["sft"]
+    assert sft["steps"] == 2 and set(sft["probes"]) == {"arithmetic", "word_problems"}
+    assert sft["probes"]["arithmetic"]["change_end"] > 0  # two real steps move the pattern
+    assert sft["param_change_end"] > 0
+    assert (out / "figures" / "sft_trajectory.png").read_bytes()[:4] == b"\x89PNG"
     assert set(summary["tasks"]) == set(DEMO_TASKS)
     assert len(summary["pairs"]) == len(DEMO_TASKS) * (len(DEMO_TASKS) - 1) // 2
     for name, stats in summary["tasks"].items():
@@ -22,5 +28,6 @@ def test_demo_writes_patterns_figures_and_summary(tmp_path, capsys):
     capsys.readouterr()
 
     # a second run reuses every pattern instead of recomputing it
-    assert main(["demo", "--output-dir", str(out), "--rows", "4", "--no-progress"]) == 0
-    assert capsys.readouterr().out.count("reusing") == len(DEMO_TASKS)
+    assert main(["demo", "--output-dir", str(out), "--rows", "4", "--sft-steps", "2",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.count("reusing") == len(DEMO_TASKS) + 1

@@ -54,3 +54,19 @@ def test_cv_and_entropy_known_answers():
     assert coefficient_of_variation([1, 3]) == pytest.approx(0.5)  # std 1, mean 2
     assert entropy(np.ones(8)) == pytest.approx(math.log(8))
     assert entropy([0, 0, 5]) == pytest.approx(0.0)
+
+
+def test_dynamics_on_a_hand_built_trajectory():
+    from headway.analysis import dynamics
+
+    base = np.arange(1.0, 7.0).reshape(2, 3)
+    direction = np.array([[1.0, -1, 0], [0, 1, -1]])
+    # moves 3 units of `direction` in the first step, then 1 unit, then nothing
+    traj = [base, base + 3 * direction, base + 4 * direction, base + 4 * direction]
+    d = dynamics([0, 10, 20, 30], traj)
+    assert d["steps"] == [0, 10, 20, 30]
+    assert d["mse_prev"] == pytest.approx([0, 9 * 4 / 6, 4 / 6, 0])
+    norm0 = np.linalg.norm(base)
+    assert d["change"] == pytest.approx([0, 3 * 2 / norm0, 4 * 2 / norm0, 4 * 2 / norm0])
+    assert d["step_50"] == 10 and d["step_90"] == 20  # 75 % of the path by step 10
+    assert d["corr_prev"][0] == 1.0 and d["corr_final"][-1] == pytest.approx(1.0)

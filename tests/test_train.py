@@ -147,3 +147,9 @@ def test_config_errors():
         load_config(None, heads=["1.1"])
     with pytest.raises(ConfigError, match="mode 'sparse' is not one of"):
         load_config(None, mode="sparse")
+
+
+def test_tensorboard_logging_when_asked(model_dir, tmp_path):
+    run = tmp_path / "run"
+    run_train(config(model_dir, run, max_steps=2, track_every=0, tensorboard=True))
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))

@@ -50,5 +50,35 @@ def concentration(scores) -> dict[str, float]:
 
 
 def pearson(a, b) -> float:
-    """Pearson correlation of two patterns over heads."""
-    return float(np.corrcoef(_flat(a), _flat(b))[0, 1])
+    """Pearson correlation of two patterns (or pattern differences) over heads."""
+    a, b = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def dynamics(steps, patterns) -> dict:
+    """How a pattern moves along a training run.
+
+    ``steps`` [T] increasing, ``patterns`` [T, L, H] (AP at each step). Returns lists of
+    length T (entry 0 compares step 0 with itself):
+        mse_prev[t]     mean over heads of (AP_t - AP_{t-1})²
+        corr_prev[t]    Pearson(AP_t, AP_{t-1})
+        change[t]       ‖AP_t - AP_0‖ / ‖AP_0‖  (Frobenius)
+        corr_start[t]   Pearson(AP_t, AP_0);  corr_final[t]  Pearson(AP_t, AP_T)
+    and ``step_50`` / ``step_90``: the first recorded step at which the cumulative path length
+    Σ‖AP_s - AP_{s-1}‖ reaches 50 % / 90 % of its total (how early the pattern moved).
+    """
+    x = np.asarray(patterns, dtype=np.float64).reshape(len(steps), -1)
+    steps = [int(s) for s in steps]
+    out = {"steps": steps, "mse_prev": [0.0], "corr_prev": [1.0]}
+    for t in range(1, len(steps)):
+        out["mse_prev"].append(float(np.mean((x[t] - x[t - 1]) ** 2)))
+        out["corr_prev"].append(pearson(x[t], x[t - 1]))
+    out["change"] = [float(np.linalg.norm(x[t] - x[0]) / np.linalg.norm(x[0])) for t in
+                     range(len(steps))]
+    out["corr_start"] = [pearson(x[t], x[0]) for t in range(len(steps))]
+    out["corr_final"] = [pearson(x[t], x[-1]) for t in range(len(steps))]
+    path = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(x, axis=0), axis=1))])
+    for share in (50, 90):
+        reached = np.nonzero(path >= share / 100 * path[-1])[0] if path[-1] > 0 else [0]
+        out[f"step_{share}"] = steps[int(reached[0])]
+    return out

@@ -134,7 +134,8 @@ def cmd_tasks(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.output_dir), model=args.model, n=args.n, progress=not args.no_progress)
+    run_demo(Path(args.output_dir), model=args.model, n=args.n, progress=not args.no_progress,
+             sft_steps=args.sft_steps)
     return 0
 
 
@@ -203,12 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tasks", help="list the built-in tasks")
     p.set_defaults(func=cmd_tasks)
 
-    p = sub.add_parser("demo", help="score the built-in tasks on the built-in model; heatmaps "
-                                    "and a summary")
+    p = sub.add_parser("demo", help="the whole story on the built-in model: patterns of the "
+                                    "built-in tasks, a short tracked fine-tune, figures and a "
+                                    "summary")
     p.add_argument("--output-dir", default="headway-demo", help="default: %(default)s")
     p.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
     p.add_argument("-n", "--rows", dest="n", type=int, default=64,
                    help="rows per task (default 64)")
+    p.add_argument("--sft-steps", type=int, default=40,
+                   help="steps of the tracked fine-tune (default 40; 0 skips it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -1,9 +1,11 @@
-"""``headway demo``: activation patterns of the built-in tasks on the built-in model.
+"""``headway demo``: the built-in model's activation patterns, and how SFT moves them.
 
 Writes into the output folder: ``patterns/TASK.{safetensors,json}``, ``figures/TASK.png``
-(heatmaps), ``figures/all_tasks.png`` and ``summary.{json,md}`` (concentration per task, top
-heads, task-by-task similarity). A pattern already there for the same model, data and settings
-is reused, so an interrupted demo picks up where it stopped.
+(heatmaps), ``figures/all_tasks.png``, ``sft/`` (a tracked fine-tuning run),
+``figures/sft_trajectory.png``, ``figures/sft_delta_PROBE.png`` and ``summary.{json,md}``
+(concentration per task, top heads, task-by-task similarity, the fine-tune's dynamics). A
+pattern already there for the same model, data and settings is reused and a finished run is
+reused, so an interrupted demo picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def jaccard_top_k(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return len(ta & tb) / len(ta | tb)
 
 
-def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool = True) -> dict:
+def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool = True,
+             sft_steps: int = 40) -> dict:
     from scipy.stats import spearmanr
 
     from .analysis import concentration, pearson
@@ -73,6 +76,8 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
         summary["pairs"].append({"a": a, "b": b, "pearson": pearson(x, y),
                                  "spearman": float(spearmanr(x.ravel(), y.ravel())[0]),
                                  "jaccard_top10": jaccard_top_k(x, y, 10)})
+    if sft_steps:
+        summary["sft"] = demo_sft(out, model, sft_steps, progress, probe_rows=min(32, n))
     summary["elapsed_s"] = round(time.perf_counter() - start, 1)
     atomic_write_json(out / "summary.json", summary)
     text = summary_markdown(summary)
@@ -81,6 +86,55 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     print(text)
     print(f"wrote {out}/summary.md, {out}/figures/*.png, {out}/patterns/*.safetensors")
     return summary
+
+
+SFT_TASK, SFT_PROBES = "arithmetic", ("arithmetic", "word_problems")
+
+
+def demo_sft(out: Path, model: str, steps: int, progress: bool, probe_rows: int = 32) -> dict:
+    """A short full fine-tune on arithmetic, recording probe patterns every steps // 4 steps;
+    a trajectory figure and a ΔAP heatmap. A finished run in ``out/sft`` is reused and an
+    interrupted one resumes from its checkpoint."""
+    import json
+
+    from .report import heatmap, trajectory_figure
+    from .tracking import run_trajectory
+    from .train import load_config, run_train
+
+    run_dir = out / "sft"
+    every = max(1, steps // 4)
+    config = load_config(None, model=model, task=SFT_TASK, rows=8 * steps, max_steps=steps,
+                         track_every=every, probes=list(SFT_PROBES), probe_rows=probe_rows,
+                         save_steps=every, save_total_limit=1, save_final=False,
+                         output_dir=str(run_dir), progress=progress)
+    manifest_file = run_dir / "manifest.json"
+    previous = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    if previous.get("status") == "finished" and previous.get("global_step") == steps:
+        print(f"  sft: reusing the finished run in {run_dir}")
+    else:
+        print(f"headway demo: fine-tuning {model} on {SFT_TASK} for {steps} steps, recording "
+              f"patterns every {every} steps")
+        run_train(config)
+    manifest = json.loads(manifest_file.read_text())
+    trajectory = run_trajectory(run_dir)
+    trajectory_figure(trajectory, out / "figures" / "sft_trajectory.png",
+                      title=f"full SFT of {model} on {SFT_TASK}")
+    result = {"task": SFT_TASK, "steps": steps, "every": every,
+              "train_seconds": manifest["train_seconds"],
+              "tracking_seconds": manifest["tracking_seconds"], "probes": {}}
+    for name, probe in trajectory["probes"].items():
+        aps = probe["patterns"]
+        heatmap((aps[-1] - aps[0]).numpy(), out / "figures" / f"sft_delta_{name}.png",
+                title=f"ΔAP of {name} after {steps} steps", diverging=True,
+                label="AP(after) − AP(before)")
+        d = probe["dynamics"]
+        result["probes"][name] = {
+            "loss_start": probe["loss"][0], "loss_end": probe["loss"][-1],
+            "change_first_record": d["change"][1], "change_end": d["change"][-1],
+            "corr_start_end": d["corr_start"][-1], "gini_start": probe["gini"][0],
+            "gini_end": probe["gini"][-1], "step_50": d["step_50"], "step_90": d["step_90"]}
+    result["param_change_end"] = trajectory["param_change"][-1]
+    return result
 
 
 def summary_markdown(summary: dict) -> str:
@@ -97,5 +151,22 @@ def summary_markdown(summary: dict) -> str:
     for p in summary["pairs"]:
         lines.append(f"| {p['a']} | {p['b']} | {p['pearson']:.3f} | {p['spearman']:.3f} | "
                      f"{p['jaccard_top10']:.2f} |")
+    if "sft" in summary:
+        sft = summary["sft"]
+        lines += ["", f"## {sft['steps']} steps of full SFT on {sft['task']}", "",
+                  f"Probe patterns every {sft['every']} steps on held-out rows "
+                  f"({sft['train_seconds']:.0f} s of training, {sft['tracking_seconds']:.0f} s "
+                  f"of it recording). Change = ‖AP_t − AP_0‖ / ‖AP_0‖.", "",
+                  f"| probe | loss before → after | change at step {sft['every']} | change at "
+                  f"the end | corr(AP_0, AP_end) | Gini before → after |",
+                  "|---|---|---|---|---|---|"]
+        for name, p in sft["probes"].items():
+            lines.append(f"| {name} | {p['loss_start']:.3f} → {p['loss_end']:.3f} | "
+                         f"{p['change_first_record']:.3f} | {p['change_end']:.3f} | "
+                         f"{p['corr_start_end']:.3f} | {p['gini_start']:.3f} → "
+                         f"{p['gini_end']:.3f} |")
+        lines += ["", f"Mean per-head relative weight change at the end: "
+                      f"{sft['param_change_end']:.2e}. Figures: figures/sft_trajectory.png, "
+                      f"figures/sft_delta_*.png."]
     lines += ["", f"Finished in {summary['elapsed_s']:.0f} s.", ""]
     return "\n".join(lines)

@@ -22,17 +22,21 @@ def _save(fig, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def heatmap(scores, path: str | Path, title: str = "", top: list | None = None) -> Path:
+def heatmap(scores, path: str | Path, title: str = "", top: list | None = None,
+            diverging: bool = False, label: str = "activation  mean |<Γ, ∂L/∂Γ>|") -> Path:
     """Layers (rows, 0 at the top) x heads (columns) heatmap of an L x H pattern.
 
     ``top``: ``(layer, head, score)`` triples to outline, e.g. ``pattern.top_heads(5)``.
+    ``diverging``: a red/blue scale centred on 0, for differences such as ΔAP.
     """
     scores = np.asarray(scores, dtype=np.float64)
     n_layers, n_heads = scores.shape
     fig, ax = plt.subplots(figsize=(1.6 + 0.45 * n_heads, 1.2 + 0.22 * n_layers),
                            layout="constrained")
-    image = ax.imshow(scores, aspect="auto", cmap="viridis", interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="activation  mean |<Γ, ∂L/∂Γ>|")
+    limit = float(np.abs(scores).max()) or 1.0
+    style = {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit} if diverging else {"cmap": "viridis"}
+    image = ax.imshow(scores, aspect="auto", interpolation="nearest", **style)
+    fig.colorbar(image, ax=ax, label=label)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xticks(range(n_heads))
@@ -56,5 +60,27 @@ def heatmap_grid(patterns: dict, path: str | Path, title: str = "") -> Path:
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("head")
         ax.set_ylabel("layer")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def trajectory_figure(trajectory: dict, path: str | Path, title: str = "") -> Path:
+    """Three panels over training steps: probe loss; how far each probe's AP has moved from
+    step 0 (‖AP_t − AP_0‖ / ‖AP_0‖) and its correlation with step 0; mean per-head relative
+    parameter change. ``trajectory`` is :func:`headway.tracking.run_trajectory`'s output."""
+    steps = trajectory["steps"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    for name, probe in trajectory["probes"].items():
+        d = probe["dynamics"]
+        axes[0].plot(steps, probe["loss"], marker="o", ms=3, label=name)
+        line, = axes[1].plot(steps, d["change"], marker="o", ms=3, label=f"{name}: change")
+        axes[1].plot(steps, [1 - c for c in d["corr_start"]], ls="--", color=line.get_color(),
+                     label=f"{name}: 1 − corr with step 0")
+    axes[0].set(title="probe loss (nats / response token)", xlabel="step")
+    axes[1].set(title="activation pattern vs step 0", xlabel="step")
+    axes[2].plot(steps, trajectory["param_change"], marker="o", ms=3, color="black")
+    axes[2].set(title="mean per-head ‖W_t − W_0‖ / ‖W_0‖", xlabel="step")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)

@@ -71,6 +71,7 @@ class PatternTracker(TrainerCallback):
         self.is_main = is_main
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.seconds = 0.0  # time spent recording, for the overhead figure
+        self.done = {r["step"] for r in read_metrics(self.metrics_path) if r["kind"] == "probe"}
 
     # -- Trainer events -----------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -100,6 +101,9 @@ class PatternTracker(TrainerCallback):
     def record(self, model, step: int, state=None) -> dict | None:
         """Score every probe (all processes share the work) and, on the main process, write
         the patterns, the parameter change and a metrics line."""
+        if step in self.done:  # e.g. the end of a run resumed from its final checkpoint
+            return None
+        self.done.add(step)
         start = time.perf_counter()
         was_training = model.training
         model.eval()
@@ -117,8 +121,9 @@ class PatternTracker(TrainerCallback):
                     "convention": "sample", "method": "gate", "n_samples": len(probe.encoded),
                     "mean_loss": float(out["loss"].mean()), "versions": library_versions()}
             if self.is_main:
-                ActivationPattern(scores=scores, meta=meta, per_sample=out["per_sample"],
-                                  loss=out["loss"]).save(self.run_dir / "patterns" / tag / probe.name)
+                pattern = ActivationPattern(scores=scores, meta=meta, loss=out["loss"],
+                                            per_sample=out["per_sample"])
+                pattern.save(self.run_dir / "patterns" / tag / probe.name)
             entry["probes"][probe.name] = {"loss": meta["mean_loss"],
                                            **concentration(scores.numpy())}
         if not self.is_main:
@@ -137,3 +142,26 @@ class PatternTracker(TrainerCallback):
         entry["record_s"] = round(elapsed, 3)
         self._append(entry)
         return entry
+
+
+def run_trajectory(run_dir: str | Path) -> dict:
+    """Everything recorded in a run, per probe: steps, APs [T, L, H], losses, and
+    :func:`headway.analysis.dynamics`; plus the mean per-head parameter change per step."""
+    from .analysis import dynamics
+
+    run_dir = Path(run_dir)
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "probe"]
+    if not records:
+        raise FileNotFoundError(f"no probe records in {run_dir / 'metrics.jsonl'}")
+    steps = [r["step"] for r in records]
+    out = {"steps": steps, "param_change": [r["param_change"]["attn_mean"] for r in records],
+           "train": [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"],
+           "probes": {}}
+    for name in records[0]["probes"]:
+        aps = torch.stack([ActivationPattern.load(
+            run_dir / "patterns" / f"step_{s:06d}" / name).scores for s in steps])
+        out["probes"][name] = {"patterns": aps, "loss": [r["probes"][name]["loss"]
+                                                           for r in records],
+                               "gini": [r["probes"][name]["gini"] for r in records],
+                               "dynamics": dynamics(steps, aps.numpy())}
+    return out
