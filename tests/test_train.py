@@ -53,30 +53,49 @@ def test_tracked_run_records_requested_steps(model_dir, tmp_path):
     first = ActivationPattern.load(run / "patterns" / "step_000000" / "arithmetic")
     last = ActivationPattern.load(run / "patterns" / "step_000006" / "arithmetic")
     assert not torch.equal(first.scores, last.scores)  # training moved the pattern
-    # probe rows are held out: they come after the 24 training rows
-    assert int(first.loss.numel()) == 6
-    json.loads((run / "manifest.json").read_text())
+    # probe rows are held out: they are the 6 rows after the 24 training rows
+    from headway.tasks import load_task
+    held_out = load_task("arithmetic", n=6, offset=24)
+    assert first.meta["task"]["data_hash"] == held_out.data_hash
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["probes"][0]["data_hash"] == held_out.data_hash
+    assert manifest["train_task"]["data_hash"] == load_task("arithmetic", n=24).data_hash
 
 
 def test_resume_after_kill_continues_without_losing_records(model_dir, tmp_path, monkeypatch):
-    run = tmp_path / "run"
+    """Killed at step 7 (checkpoint at 4, records at 0 2 4 6): the resumed run keeps 0-4,
+    drops the abandoned 6, records 6 and 8 anew, and ends where an uninterrupted run ends."""
+    run, straight = tmp_path / "run", tmp_path / "straight"
     real = tracking.PatternTracker.on_step_end
 
-    def killed_at_step_5(self, args, state, control, **kw):
-        if state.global_step == 5:
+    def killed_at_step_7(self, args, state, control, **kw):
+        if state.global_step == 7:
             raise KeyboardInterrupt("killed")
         return real(self, args, state, control, **kw)
 
-    monkeypatch.setattr(tracking.PatternTracker, "on_step_end", killed_at_step_5)
+    monkeypatch.setattr(tracking.PatternTracker, "on_step_end", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):
-        run_train(config(model_dir, run, save_steps=2))
-    assert probe_steps(run) == [0, 2, 4]
+        run_train(config(model_dir, run, save_steps=4, max_steps=8))
+    assert probe_steps(run) == [0, 2, 4, 6]
     monkeypatch.setattr(tracking.PatternTracker, "on_step_end", real)
 
-    manifest = run_train(config(model_dir, run, save_steps=2))
+    manifest = run_train(config(model_dir, run, save_steps=4, max_steps=8))
     assert manifest["resumed_from"].endswith("checkpoint-4")
-    assert manifest["global_step"] == 6
-    assert probe_steps(run) == [0, 2, 4, 6]  # step 0-4 kept, 6 added, nothing twice
+    assert manifest["global_step"] == 8
+    assert probe_steps(run) == [0, 2, 4, 6, 8]  # each step once
+
+    run_train(config(model_dir, straight, save_steps=4, max_steps=8))
+    for step in (6, 8):
+        resumed = ActivationPattern.load(run / "patterns" / f"step_{step:06d}" / "arithmetic")
+        direct = ActivationPattern.load(straight / "patterns" / f"step_{step:06d}" / "arithmetic")
+        torch.testing.assert_close(resumed.scores, direct.scores, rtol=1e-4, atol=1e-7)
+
+
+def test_resume_with_other_settings_is_refused(model_dir, tmp_path):
+    run = tmp_path / "run"
+    run_train(config(model_dir, run, save_steps=2, max_steps=2))
+    with pytest.raises(ConfigError, match="learning_rate"):
+        run_train(config(model_dir, run, save_steps=2, max_steps=2, learning_rate=0.5))
 
 
 def test_head_selective_leaves_everything_else_bit_identical(model_dir, tmp_path):
@@ -88,7 +107,7 @@ def test_head_selective_leaves_everything_else_bit_identical(model_dir, tmp_path
     assert manifest["heads"] == ["0.1", "1.2"]
     before = dict(load_model(str(model_dir)).model.named_parameters())
     after = dict(load_model(str(run / "final")).model.named_parameters())
-    d = 8  # head_dim; 4 query heads share 2 key/value heads (group of 2)
+    # head_dim 8; 4 query heads share 2 key/value heads (groups of 2)
     selected = {  # parameter name -> (dim, slice) that may change
         "model.layers.0.self_attn.q_proj.weight": (0, slice(8, 16)),
         "model.layers.0.self_attn.k_proj.weight": (0, slice(0, 8)),  # kv head 0 = heads 0,1
@@ -99,7 +118,6 @@ def test_head_selective_leaves_everything_else_bit_identical(model_dir, tmp_path
         "model.layers.1.self_attn.v_proj.weight": (0, slice(8, 16)),
         "model.layers.1.self_attn.o_proj.weight": (1, slice(16, 24)),
     }
-    assert d == 8
     for name, w0 in before.items():
         w1 = after[name]
         if name not in selected:
@@ -138,6 +156,40 @@ def test_train_cli_yaml_and_overrides(model_dir, tmp_path, capsys):
     assert main(["train", "--config", str(yaml_file)]) == 2
     err = capsys.readouterr().err
     assert "run.yaml" in err and "'max_step'" in err
+
+
+def test_relative_change_per_head_with_grouped_query_attention():
+    """Perturb key/value head 1 of layer 0 only: the change shows on query heads 2 and 3
+    (its group), in k alone, nowhere else."""
+    from headway.heads import HeadWeights
+
+    model = tiny_model("llama")
+    weights = HeadWeights(model)
+    initial = weights.snapshot()
+    with torch.no_grad():
+        model.model.layers[0].self_attn.k_proj.weight[8:16] *= 1.5
+    change = weights.relative_change(initial)
+    expected = torch.zeros(2, 4)
+    expected[0, 2:] = 0.5
+    torch.testing.assert_close(change["k"], expected)
+    for role in ("q", "v", "o"):
+        assert float(change[role].abs().max()) == 0.0
+    assert float(change["mlp"].abs().max()) == 0.0
+    assert float(change["attn"][0, 2]) > 0 and float(change["attn"][0, 0]) == 0.0
+
+
+def test_config_values_are_typed_and_bad_ones_named(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("learning_rate: 5e-5\nrows: '8'\nheads: '1.2'\nmode: heads\n")
+    c = load_config(good)
+    assert c.learning_rate == 5e-5 and c.rows == 8 and c.heads == ["1.2"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rows: many\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: field 'rows': expected int, got 'many'"):
+        load_config(bad)
+    bad.write_text("mode: heads\nheads: [3.10]\n")  # would silently become head 3.1
+    with pytest.raises(ConfigError, match="field 'heads'.*write it in quotes"):
+        load_config(bad)
 
 
 def test_config_errors():

@@ -95,11 +95,14 @@ def demo_sft(out: Path, model: str, steps: int, progress: bool, probe_rows: int 
     """A short full fine-tune on arithmetic, recording probe patterns every steps // 4 steps;
     a trajectory figure and a ΔAP heatmap. A finished run in ``out/sft`` is reused and an
     interrupted one resumes from its checkpoint."""
+    import dataclasses
     import json
+
+    import yaml
 
     from .report import heatmap, trajectory_figure
     from .tracking import run_trajectory
-    from .train import load_config, run_train
+    from .train import RESUMABLE_CHANGES, load_config, run_train
 
     run_dir = out / "sft"
     every = max(1, steps // 4)
@@ -109,7 +112,12 @@ def demo_sft(out: Path, model: str, steps: int, progress: bool, probe_rows: int 
                          output_dir=str(run_dir), progress=progress)
     manifest_file = run_dir / "manifest.json"
     previous = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    if previous.get("status") == "finished" and previous.get("global_step") == steps:
+    def settings(values: dict) -> dict:
+        return {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
+
+    same = (run_dir / "config.yaml").is_file() and settings(yaml.safe_load(
+        (run_dir / "config.yaml").read_text())) == settings(dataclasses.asdict(config))
+    if same and previous.get("status") == "finished":
         print(f"  sft: reusing the finished run in {run_dir}")
     else:
         print(f"headway demo: fine-tuning {model} on {SFT_TASK} for {steps} steps, recording "

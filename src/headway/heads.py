@@ -21,7 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import ModelError, _get, architecture, decoder_layers, head_geometry, unwrap_model
+from .models import (
+    ModelError,
+    _get,
+    architecture,
+    decoder_layers,
+    head_geometry,
+    is_transposed_linear,
+    unwrap_model,
+)
 
 
 def parse_heads(spec: Iterable[str] | str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
@@ -43,11 +51,17 @@ def parse_heads(spec: Iterable[str] | str, n_layers: int, n_heads: int) -> list[
     return sorted(set(heads))
 
 
-def top_heads_from_file(path: str | Path, k: int) -> list[tuple[int, int]]:
-    """The ``k`` highest-scoring heads of a saved activation pattern."""
+def top_heads_from_file(path: str | Path, k: int, n_layers: int, n_heads: int
+                        ) -> list[tuple[int, int]]:
+    """The ``k`` highest-scoring heads of a saved activation pattern of an
+    ``n_layers`` x ``n_heads`` model."""
     from .patterns import ActivationPattern
 
-    return sorted((l, h) for l, h, _ in ActivationPattern.load(path).top_heads(k))
+    pattern = ActivationPattern.load(path)
+    if (pattern.n_layers, pattern.n_heads) != (n_layers, n_heads):
+        raise ValueError(f"{path} is a {pattern.n_layers} x {pattern.n_heads} pattern; the "
+                         f"model has {n_layers} layers x {n_heads} heads")
+    return sorted((l, h) for l, h, _ in pattern.top_heads(k))
 
 
 def _is_lora(module: nn.Module) -> bool:
@@ -104,15 +118,23 @@ class HeadWeights:
     def mlp_modules(self, layer: int) -> list[nn.Module]:
         return [m for path in self.arch.mlp for m in _weight_modules(_get(self.layers[layer], path))]
 
+    def rows(self, role: str, head: int) -> slice:
+        """Rows of the q/k/v projection weight that query head ``head`` uses (k and v: those
+        of its key/value head)."""
+        unit = head if role == "q" else head // self.group
+        return slice(unit * self.head_dim, (unit + 1) * self.head_dim)
+
     def head_slice(self, layer: int, role: str, head: int, weight: torch.Tensor) -> torch.Tensor:
         """The part of ``weight`` (q/k/v/o of ``layer``) that belongs to query head ``head``."""
-        d = self.head_dim
         if role == "o":
-            columns = slice(head * d, (head + 1) * d)
-            conv1d = not hasattr(self.module(layer, "o"), "in_features")
-            return weight[columns] if conv1d else weight[:, columns]
-        unit = head if role == "q" else head // self.group
-        return weight[unit * d:(unit + 1) * d]
+            columns = slice(head * self.head_dim, (head + 1) * self.head_dim)
+            transposed = is_transposed_linear(self.module(layer, "o"))
+            return weight[columns] if transposed else weight[:, columns]
+        return weight[self.rows(role, head)]
+
+    def roles(self) -> tuple[str, ...]:
+        """The projections with per-head weights: q, k, v, o (only o for fused families)."""
+        return ("q", "k", "v", "o") if self.has_qkv else ("o",)
 
     @property
     def has_qkv(self) -> bool:
@@ -123,7 +145,7 @@ class HeadWeights:
         out = {}
         with torch.no_grad():
             for layer in range(self.n_layers):
-                for role in ("q", "k", "v", "o") if self.has_qkv else ("o",):
+                for role in self.roles():
                     out[f"{layer}.{role}"] = effective_weight(self.module(layer, role)) \
                         .detach().float().cpu().clone()
                 for i, m in enumerate(self.mlp_modules(layer)):
@@ -142,7 +164,7 @@ class HeadWeights:
         base2 = {r: torch.full((L, H), float("nan")) for r in "qkvo"}
         mlp = torch.zeros(L)
         for layer in range(L):
-            for role in ("q", "k", "v", "o") if self.has_qkv else ("o",):
+            for role in self.roles():
                 w0, w1 = initial[f"{layer}.{role}"], now[f"{layer}.{role}"]
                 for h in range(H):
                     s0 = self.head_slice(layer, role, h, w0)
@@ -189,22 +211,29 @@ class HeadSelection:
         for layer, head in self.heads:
             for role in "qkv":
                 module = w.module(layer, role)
-                unit = head if role == "q" else head // w.group
-                rows = slice(unit * d, (unit + 1) * d)
-                self._mark(module.weight, (rows,))
+                self._mark(module.weight, (w.rows(role, head),))
                 if getattr(module, "bias", None) is not None:
-                    self._mark(module.bias, (rows,))
+                    self._mark(module.bias, (w.rows(role, head),))
             self._mark(w.module(layer, "o").weight, (slice(None), slice(head * d, (head + 1) * d)))
-        for param, mask in self.masks.items():
+        for param in self.masks:
             param.requires_grad_(True)
             self.originals[param] = param.detach().clone()
-            self.hooks.append(param.register_hook(lambda g, m=mask: g * m))
+            self.hooks.append(param.register_hook(lambda g, p=param: g * self._on(p, self.masks)))
         return self
+
+    @staticmethod
+    def _on(param: torch.Tensor, table: dict) -> torch.Tensor:
+        """``table[param]`` on the parameter's device (the Trainer may move the model)."""
+        value = table[param]
+        if value.device != param.device:
+            value = table[param] = value.to(param.device)
+        return value
 
     @torch.no_grad()
     def restore(self) -> None:
-        for param, mask in self.masks.items():
-            param.copy_(torch.where(mask, param, self.originals[param]))
+        for param in self.masks:
+            param.copy_(torch.where(self._on(param, self.masks), param,
+                                    self._on(param, self.originals)))
 
     @property
     def n_trainable(self) -> int:

@@ -13,6 +13,7 @@ The *head slice* of layer l is the input of its attention output projection, sha
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -171,13 +172,22 @@ def builtin_model_folder(alias: str) -> Path:
     ``quantization_config`` and writes atomically (a temporary folder renamed into place), so
     an interrupted conversion never leaves a half-written model behind.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = builtin_gguf_path(alias)
     target = cache_dir() / "models" / alias
     if (target / "headway_source.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # several processes (torchrun) may arrive here at once: one converts, the others wait
+    with open(target.parent / f".{alias}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "headway_source.json").is_file():
+            _convert_gguf(alias, gguf, target)
+    return target
+
+
+def _convert_gguf(alias: str, gguf: Path, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
     try:
         kwargs = {"gguf_file": gguf.name}
@@ -201,7 +211,6 @@ def builtin_model_folder(alias: str) -> Path:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -322,10 +331,16 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
                          f"{arch.layers!r}: {err}") from err
 
 
+def is_transposed_linear(module: nn.Module) -> bool:
+    """True for transformers' Conv1D (GPT-2), which stores its weight as [in, out], also
+    inside a PEFT LoRA wrapper."""
+    return type(getattr(module, "base_layer", module)).__name__ == "Conv1D"
+
+
 def _in_features(module: nn.Module) -> int:
-    if hasattr(module, "in_features"):  # nn.Linear, and PEFT's LoRA layers around one
-        return module.in_features
-    return module.nx  # transformers' Conv1D (GPT-2)
+    """Input width of a linear layer (nn.Linear, Conv1D, or either inside a LoRA wrapper)."""
+    base = getattr(module, "base_layer", module)
+    return base.weight.shape[0] if is_transposed_linear(base) else base.weight.shape[1]
 
 
 def head_geometry(model: nn.Module) -> tuple[int, int, int]:

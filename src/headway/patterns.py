@@ -80,3 +80,28 @@ class ActivationPattern:
         meta = json.loads(header.get("headway", "{}"))
         return cls(scores=tensors["scores"], meta=meta, per_sample=tensors.get("per_sample"),
                    loss=tensors.get("loss"), index=tensors.get("index"))
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of headway, torch and transformers, for result metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("headway", "torch", "transformers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def pattern_meta(model: dict, task: dict, settings: dict, n_samples: int, mean_loss: float,
+                 **extra) -> dict:
+    """The metadata every saved pattern carries: model identity, task (name, source,
+    data_hash), scoring settings, N, mean response loss, time and library versions."""
+    import time
+
+    return {"kind": "headway.ActivationPattern", "format_version": 1, "model": model,
+            "task": task, **settings, "n_samples": n_samples, "mean_loss": mean_loss, **extra,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": library_versions()}

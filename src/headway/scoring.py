@@ -41,6 +41,11 @@ METHODS = ("gate", "reference")
 PAPER_BATCH_SIZE = 4
 
 
+def default_batch_size(convention: str) -> int:
+    """4 for the paper convention (the released script's batch), else 8."""
+    return PAPER_BATCH_SIZE if convention == "paper" else 8
+
+
 class ScoringError(ValueError):
     """Bad scoring arguments (unknown convention or method, empty input)."""
 
@@ -154,7 +159,8 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 
 def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
     """Fast path on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``."""
-    with frozen_weights(model), head_gates(model, batch["input_ids"].shape[0], n_heads) as g:
+    with torch.enable_grad(), frozen_weights(model), \
+            head_gates(model, batch["input_ids"].shape[0], n_heads) as g:
         loss_sum, n_tokens, _ = response_token_losses(model, batch)
         (grad,) = torch.autograd.grad(objective(loss_sum, n_tokens, convention), g)
     return grad.float().transpose(0, 1), loss_sum.detach(), n_tokens
@@ -213,8 +219,8 @@ class ScoreCheckpoint:
                 return None
         return load_file(str(self.path))
 
-    def save(self, state: dict[str, torch.Tensor], force: bool = False) -> None:
-        if self.path and (force or time.monotonic() - self.last_save >= self.every_s):
+    def save(self, state: dict[str, torch.Tensor]) -> None:
+        if self.path and time.monotonic() - self.last_save >= self.every_s:
             atomic_save_tensors(self.path, state, metadata={"key": self.key})
             self.last_save = time.monotonic()
 
@@ -250,7 +256,7 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
         raise ScoringError(f"unknown method {method!r}; choose one of {METHODS}")
     if not encoded:
         raise ScoringError("nothing to score: no rows left after encoding")
-    batch_size = batch_size or (PAPER_BATCH_SIZE if convention == "paper" else 8)
+    batch_size = batch_size or default_batch_size(convention)
     N = len(encoded)
     state = (checkpoint.load() if checkpoint else None) or {
         "per_sample": torch.zeros(N, n_layers, n_heads), "loss": torch.zeros(N),
@@ -286,17 +292,6 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     return {"per_sample": state["per_sample"], "loss": state["loss"]}
 
 
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for name in ("headway", "torch", "transformers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
-
-
 def score(lm, task, convention: str = "sample", method: str = "gate",
           batch_size: int | None = None, template: str = "qa", max_length: int = 1024,
           overlong: str = "truncate", keep_per_sample: bool = False, progress: bool = True,
@@ -310,7 +305,7 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
     lasts, finished batches are kept in ``<save_to>.partial.safetensors`` so a crashed run
     resumes where it stopped when started again with the same arguments.
     """
-    from .patterns import ActivationPattern, pattern_paths
+    from .patterns import ActivationPattern, pattern_meta, pattern_paths
     from .tasks import encode_examples
 
     if convention == "paper" and template != "qa":
@@ -318,7 +313,7 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
     start = time.perf_counter()
     encoded, stats = encode_examples(task.examples, lm.tokenizer, template=template,
                                      max_length=max_length, overlong=overlong, source=task.source)
-    batch_size = batch_size or (PAPER_BATCH_SIZE if convention == "paper" else 8)
+    batch_size = batch_size or default_batch_size(convention)
     settings = {"convention": convention, "method": method, "batch_size": batch_size,
                 "template": template, "max_length": max_length, "overlong": overlong}
     key = {"model": lm.describe(), "data_hash": task.data_hash, **settings}
@@ -333,19 +328,12 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
                            pad_to=pad_to, progress=progress, checkpoint=checkpoint,
                            desc=f"scoring {task.name}")
     per_sample = result["per_sample"]
-    meta = {
-        "kind": "headway.ActivationPattern", "format_version": 1,
-        "model": lm.describe(),
-        "task": {"name": task.name, "source": task.source, "data_hash": task.data_hash},
-        **settings,
-        "n_samples": len(encoded), "n_input_rows": stats.n_in, "n_truncated": stats.n_truncated,
-        "n_dropped": stats.n_dropped, "n_tokens": stats.n_tokens,
-        "n_response_tokens": stats.n_response_tokens,
-        "mean_loss": float(result["loss"].mean()),
-        "elapsed_s": round(time.perf_counter() - start, 3), "world_size": world,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": library_versions(),
-    }
+    meta = pattern_meta(
+        lm.describe(), {"name": task.name, "source": task.source, "data_hash": task.data_hash},
+        settings, n_samples=len(encoded), mean_loss=float(result["loss"].mean()),
+        n_input_rows=stats.n_in, n_truncated=stats.n_truncated, n_dropped=stats.n_dropped,
+        n_tokens=stats.n_tokens, n_response_tokens=stats.n_response_tokens,
+        elapsed_s=round(time.perf_counter() - start, 3), world_size=world)
     pattern = ActivationPattern(
         scores=per_sample.abs().mean(0), meta=meta,
         per_sample=per_sample if keep_per_sample else None, loss=result["loss"],

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -34,16 +34,7 @@ def atomic_write_json(path: str | Path, obj) -> Path:
 
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> Path:
-    """safetensors ``save_file`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write tensors as a safetensors file atomically (see :func:`atomic_write_bytes`)."""
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                 metadata=metadata)
+    return atomic_write_bytes(path, data)

@@ -125,7 +125,7 @@ def _from_generator(spec: TaskSpec, generator: str, default_name: str) -> Task:
         close = difflib.get_close_matches(generator, list(DATASETS), n=5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
         raise TaskError(f"rg:{generator}: reasoning_gym has no dataset named {generator!r}{hint} "
-                        f"(all names: sorted(reasoning_gym.factory.DATASETS))")
+                        f"({len(DATASETS)} names, e.g. {', '.join(sorted(DATASETS)[:8])}, ...)")
     n = spec.n or GENERATOR_DEFAULT_N
     where = f"reasoning_gym:{generator}(seed={spec.seed})"
     try:

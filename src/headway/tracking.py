@@ -23,25 +23,40 @@ from transformers import TrainerCallback
 
 from .analysis import concentration
 from .heads import HeadWeights
-from .patterns import ActivationPattern
-from .scoring import library_versions, score_encoded
+from .patterns import ActivationPattern, pattern_meta
+from .scoring import score_encoded
 from .storage import atomic_save_tensors, atomic_write_bytes
 
 
 @dataclass
 class Probe:
-    """A probe task, already encoded: name, rows (``Encoded``), data hash and source."""
+    """A probe task, already encoded: name, rows (``Encoded``), data hash, source, and the
+    scoring settings (convention, method, batch_size, template, max_length, overlong)."""
 
     name: str
     encoded: list
     data_hash: str
     source: str
+    settings: dict
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``. A torn last line (a process killed while writing
+    it) is ignored; a bad line elsewhere is an error naming the file and line."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record: {err}") from err
+    return records
 
 
 def truncate_metrics(path: Path, last_step: int) -> int:
@@ -59,15 +74,13 @@ class PatternTracker(TrainerCallback):
     """
 
     def __init__(self, run_dir: Path, probes: list[Probe], every: int, pad_id: int,
-                 initial: dict[str, torch.Tensor], model_meta: dict, batch_size: int = 8,
-                 is_main: bool = True):
+                 initial: dict[str, torch.Tensor], model_meta: dict, is_main: bool = True):
         self.run_dir = Path(run_dir)
         self.probes = probes
         self.every = every
         self.pad_id = pad_id
         self.initial = initial
         self.model_meta = model_meta
-        self.batch_size = batch_size
         self.is_main = is_main
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.seconds = 0.0  # time spent recording, for the overhead figure
@@ -112,14 +125,13 @@ class PatternTracker(TrainerCallback):
         tag = f"step_{step:06d}"
         for probe in self.probes:
             out = score_encoded(model, probe.encoded, weights.n_layers, weights.n_heads,
-                                self.pad_id, batch_size=self.batch_size, progress=False)
+                                self.pad_id, batch_size=probe.settings["batch_size"],
+                                progress=False)
             scores = out["per_sample"].abs().mean(0)
-            meta = {"kind": "headway.ActivationPattern", "format_version": 1,
-                    "model": self.model_meta, "step": step,
-                    "task": {"name": probe.name, "source": probe.source,
-                             "data_hash": probe.data_hash},
-                    "convention": "sample", "method": "gate", "n_samples": len(probe.encoded),
-                    "mean_loss": float(out["loss"].mean()), "versions": library_versions()}
+            meta = pattern_meta(self.model_meta, {"name": probe.name, "source": probe.source,
+                                                  "data_hash": probe.data_hash},
+                                probe.settings, n_samples=len(probe.encoded),
+                                mean_loss=float(out["loss"].mean()), step=step)
             if self.is_main:
                 pattern = ActivationPattern(scores=scores, meta=meta, loss=out["loss"],
                                             per_sample=out["per_sample"])

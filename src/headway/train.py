@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,7 +99,8 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
-    """A TrainConfig from a YAML file (optional), then keyword overrides."""
+    """A TrainConfig from a YAML file (optional), then keyword overrides. Every value is
+    converted to its field's type; a value that cannot be is an error naming file and field."""
     values: dict = {}
     if path:
         path = Path(path)
@@ -108,14 +110,43 @@ def load_config(path: str | Path | None = None, **overrides) -> TrainConfig:
             raise ConfigError(f"{path}: cannot read the configuration: {err}") from err
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of field: value")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in list(values) + list(overrides):
-        if key not in names:
-            raise ConfigError(f"{path or 'arguments'}: unknown field {key!r}; fields are "
-                              f"{sorted(names)}")
-    config = TrainConfig(**{**values, **overrides})
-    validate(config, str(path or "arguments"))
+    where = str(path or "arguments")
+    types = typing.get_type_hints(TrainConfig)
+    merged = {}
+    for key, value in [*values.items(), *overrides.items()]:
+        if key not in types:
+            raise ConfigError(f"{where}: unknown field {key!r}; fields are {sorted(types)}")
+        merged[key] = _coerce(value, types[key], f"{where}: field {key!r}")
+    config = TrainConfig(**merged)
+    validate(config, where)
     return config
+
+
+def _coerce(value, kind, where: str):
+    """``value`` as ``kind`` (str, int, float, bool, list[str], or X | None)."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if typing.get_origin(kind) is list:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [_coerce(v, typing.get_args(kind)[0], where) for v in items]
+    if kind is str and isinstance(value, float):  # YAML reads 3.10 as 3.1
+        raise ConfigError(f"{where}: {value!r} was read as a number; write it in quotes")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "false", "no", "0"):
+            return str(value).lower() in ("true", "yes", "1")
+    else:
+        try:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return kind(value) if kind is not str or value is not None else value
+        except (TypeError, ValueError):
+            pass
+    raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
 def validate(c: TrainConfig, where: str = "config") -> None:
@@ -135,8 +166,8 @@ def validate(c: TrainConfig, where: str = "config") -> None:
 def _last_checkpoint(folder: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
-    return Path(get_last_checkpoint(str(folder))) if folder.is_dir() and \
-        get_last_checkpoint(str(folder)) else None
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return Path(last) if last else None
 
 
 def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
@@ -160,11 +191,15 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
         task = load_task(_task_spec(c, source, c.probe_rows, offset))
         if source == c.task:
             overlap = {e.index for e in task.examples} & {e.index for e in train_task.examples}
-            assert not overlap, f"probe rows overlap training rows: {sorted(overlap)[:5]}"
+            if overlap:
+                raise ConfigError(f"probe rows of {source} overlap its training rows "
+                                  f"{sorted(overlap)[:5]}")
         encoded, _ = encode_examples(task.examples, tokenizer, c.template, c.max_length,
                                      c.overlong, task.source)
+        settings = {"convention": "sample", "method": "gate", "batch_size": 8,
+                    "template": c.template, "max_length": c.max_length, "overlong": c.overlong}
         probes.append(Probe(name=task.name, encoded=encoded, data_hash=task.data_hash,
-                            source=task.source))
+                            source=task.source, settings=settings))
     return probes
 
 
@@ -174,10 +209,10 @@ def run_train(c: TrainConfig) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from .distributed import process_state
+    from .distributed import barrier, process_state
     from .heads import HeadSelection, HeadWeights, parse_heads, top_heads_from_file
     from .models import load_model
-    from .scoring import library_versions
+    from .patterns import library_versions
     from .storage import atomic_write_bytes, atomic_write_json
     from .tasks import encode_examples, load_task
     from .tracking import PatternTracker, truncate_metrics
@@ -187,12 +222,18 @@ def run_train(c: TrainConfig) -> dict:
     ckpt_dir = run / "checkpoints"
     state = process_state()
     resume_from = _last_checkpoint(ckpt_dir) if c.resume else None
+    if resume_from is not None:
+        _check_same_run(run / "config.yaml", c)
     if state.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run / "config.yaml",
                            yaml.safe_dump(dataclasses.asdict(c), sort_keys=False).encode())
         if resume_from is None:
             (run / "metrics.jsonl").unlink(missing_ok=True)
+        else:  # records after the checkpoint belong to the abandoned trajectory
+            step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+            truncate_metrics(run / "metrics.jsonl", step)
+    barrier()  # every process reads the same metrics.jsonl below
 
     lm = load_model(c.model, dtype=c.dtype)
     train_task = load_task(_task_spec(c, c.task, c.rows, c.offset))
@@ -203,8 +244,11 @@ def run_train(c: TrainConfig) -> dict:
 
     selection = None
     if c.mode == "heads":
-        heads = (top_heads_from_file(c.heads_from, c.top_k) if c.heads_from
-                 else parse_heads(c.heads, lm.n_layers, lm.n_heads))
+        try:
+            heads = (top_heads_from_file(c.heads_from, c.top_k, lm.n_layers, lm.n_heads)
+                     if c.heads_from else parse_heads(c.heads, lm.n_layers, lm.n_heads))
+        except ValueError as err:
+            raise ConfigError(f"{'heads_from' if c.heads_from else 'heads'}: {err}") from err
         selection = HeadSelection(lm.model, heads).apply()
     peft_config = None
     if c.mode == "lora":
@@ -257,9 +301,6 @@ def run_train(c: TrainConfig) -> dict:
         "resumed_from": str(resume_from) if resume_from else None,
     }
     if state.is_main_process:
-        if resume_from is not None:
-            step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-            truncate_metrics(run / "metrics.jsonl", step)
         atomic_write_json(run / "manifest.json", manifest)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -272,6 +313,24 @@ def run_train(c: TrainConfig) -> dict:
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
     return manifest
+
+
+# fields that may differ when a run resumes (they do not change what is computed)
+RESUMABLE_CHANGES = {"progress", "resume", "tensorboard", "logging_steps", "save_steps",
+                     "save_total_limit", "save_final"}
+
+
+def _check_same_run(config_file: Path, c: TrainConfig) -> None:
+    """Resuming a run with other settings would mix two trajectories: refuse, naming them."""
+    if not config_file.is_file():
+        return
+    before = yaml.safe_load(config_file.read_text()) or {}
+    changed = sorted(k for k, v in dataclasses.asdict(c).items()
+                     if k not in RESUMABLE_CHANGES and k in before and before[k] != v)
+    if changed:
+        raise ConfigError(
+            f"{config_file}: the checkpointed run in {config_file.parent} used other values of "
+            f"{', '.join(changed)}; use another output_dir, or --resume false to start over")
 
 
 class RestoreUnselected(TrainerCallback):
