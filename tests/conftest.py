@@ -30,3 +30,19 @@ def make_byte_tokenizer(add_bos: bool = False):
 @pytest.fixture
 def byte_tokenizer():
     return make_byte_tokenizer()
+
+
+def save_tiny_model(folder, model_type: str):
+    """A tiny random ``model_type`` model and the byte tokenizer (with BOS) saved in ``folder``:
+    a local model folder as a user would have one."""
+    from tiny_models import tiny_model
+
+    tiny_model(model_type).save_pretrained(folder)
+    make_byte_tokenizer(add_bos=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory):
+    """A tiny Llama folder shared by the tests that only read it."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), "llama")

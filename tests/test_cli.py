@@ -6,19 +6,14 @@ import json
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer
-from tiny_models import tiny_model
 
 from headway.cli import main
 from headway.patterns import ActivationPattern
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    make_byte_tokenizer(add_bos=True).save_pretrained(folder)
-    return folder
+@pytest.fixture
+def model_dir(llama_dir):
+    return llama_dir
 
 
 @pytest.fixture

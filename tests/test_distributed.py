@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_byte_tokenizer
-from tiny_models import tiny_model
+from conftest import save_tiny_model
 
 from headway.patterns import ActivationPattern
 from headway.tracking import read_metrics
@@ -18,10 +17,7 @@ from headway.tracking import read_metrics
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-qwen2")
-    tiny_model("qwen2").save_pretrained(folder)
-    make_byte_tokenizer(add_bos=True).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
 
 
 def run(args: list[str], processes: int) -> None:

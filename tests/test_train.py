@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer
 from tiny_models import tiny_model
 
 from headway import tracking
@@ -15,12 +14,9 @@ from headway.patterns import ActivationPattern
 from headway.train import ConfigError, load_config, run_train
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama").save_pretrained(folder)
-    make_byte_tokenizer(add_bos=True).save_pretrained(folder)
-    return folder
+@pytest.fixture
+def model_dir(llama_dir):
+    return llama_dir
 
 
 def config(model_dir, out, **kw):

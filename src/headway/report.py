@@ -81,6 +81,6 @@ def trajectory_figure(trajectory: dict, path: str | Path, title: str = "") -> Pa
     axes[2].plot(steps, trajectory["param_change"], marker="o", ms=3, color="black")
     axes[2].set(title="mean per-head ‖W_t − W_0‖ / ‖W_0‖", xlabel="step")
     axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=7)
+    axes[1].legend(fontsize=6.5, loc="lower right", ncol=2)
     fig.suptitle(title)
     return _save(fig, path)
