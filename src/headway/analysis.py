@@ -82,3 +82,149 @@ def dynamics(steps, patterns) -> dict:
         reached = np.nonzero(path >= share / 100 * path[-1])[0] if path[-1] > 0 else [0]
         out[f"step_{share}"] = steps[int(reached[0])]
     return out
+
+
+# ---------------------------------------------------------------- comparing patterns
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation of two patterns over heads."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.ravel(a), np.ravel(b))[0])
+
+
+def cosine(a, b) -> float:
+    """Cosine similarity <a, b> / (‖a‖ ‖b‖) over heads."""
+    a, b = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def jaccard_top_k(a, b, k: int) -> float:
+    """|top-k(a) ∩ top-k(b)| / |top-k(a) ∪ top-k(b)| over heads (ties broken by index)."""
+    ta = set(np.argsort(-np.ravel(a), kind="stable")[:k])
+    tb = set(np.argsort(-np.ravel(b), kind="stable")[:k])
+    return len(ta & tb) / len(ta | tb)
+
+
+SIMILARITIES = {"pearson": pearson, "spearman": spearman, "cosine": cosine}
+
+
+def similarity_matrix(patterns: dict, method: str = "pearson") -> np.ndarray:
+    """[T, T] similarity of every pair of patterns (in ``patterns``' order)."""
+    f = SIMILARITIES[method]
+    values = list(patterns.values())
+    return np.array([[f(a, b) for b in values] for a in values])
+
+
+def cluster_order(similarity: np.ndarray) -> list[int]:
+    """Leaf order of average-linkage hierarchical clustering with distance 1 - similarity."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    from scipy.spatial.distance import squareform
+
+    if len(similarity) < 3:
+        return list(range(len(similarity)))
+    distance = np.clip(1 - similarity, 0, None)
+    np.fill_diagonal(distance, 0)
+    return [int(i) for i in leaves_list(linkage(squareform(distance, checks=False), "average"))]
+
+
+# ---------------------------------------------------------------- composition
+
+
+def composition_fit(target, bases, nonnegative: bool = False) -> dict:
+    """Fit ΔAP_target ≈ Σ_j α_j ΔAP_j over heads, without intercept.
+
+    ``target`` [L, H]; ``bases`` [J, L, H]. Least squares (``nonnegative``: scipy's NNLS, α ≥ 0).
+    R² = 1 − SS_res / SS_tot with SS_tot = Σ (y − ȳ)² (centred, as scikit-learn's ``score``);
+    adjusted R² = 1 − (1 − R²)(n − 1)/(n − J − 1), n = L·H heads. Returns alpha [J], r2,
+    adj_r2, n.
+    """
+    y = np.asarray(target, dtype=np.float64).ravel()
+    X = np.stack([np.asarray(b, dtype=np.float64).ravel() for b in bases], axis=1)
+    if nonnegative:
+        from scipy.optimize import nnls
+
+        alpha = nnls(X, y)[0]
+    else:
+        alpha = np.linalg.lstsq(X, y, rcond=None)[0]
+    residual = y - X @ alpha
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1 - float((residual ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    n, j = y.size, X.shape[1]
+    adj = 1 - (1 - r2) * (n - 1) / (n - j - 1) if n > j + 1 else float("nan")
+    return {"alpha": alpha.tolist(), "r2": r2, "adj_r2": adj, "n": n}
+
+
+def bootstrap_composition(target: tuple, bases: list[tuple], n_boot: int = 200,
+                          seed: int = 0, nonnegative: bool = False, level: float = 0.95) -> dict:
+    """Confidence intervals for α and R² by resampling probe samples.
+
+    Each task is ``(before [N, L, H], after [N, L, H])``: per-sample |scores| on the same N
+    probe rows before and after SFT. Each replicate draws N rows with replacement per task
+    (the same rows for its before and after), recomputes ΔAP = mean(after) − mean(before) and
+    refits. Returns percentile intervals ``alpha_ci`` [J, 2] and ``r2_ci`` [2].
+    """
+    rng = np.random.default_rng(seed)
+
+    def delta(pair, rows=None):
+        before, after = (np.abs(np.asarray(p, dtype=np.float64)) for p in pair)
+        if rows is not None:
+            before, after = before[rows], after[rows]
+        return after.mean(0) - before.mean(0)
+
+    alphas, r2s = [], []
+    for _ in range(n_boot):
+        pick = lambda pair: rng.integers(0, len(pair[0]), len(pair[0]))  # noqa: E731
+        fit = composition_fit(delta(target, pick(target)),
+                              [delta(b, pick(b)) for b in bases], nonnegative)
+        alphas.append(fit["alpha"])
+        r2s.append(fit["r2"])
+    tail = (1 - level) / 2 * 100
+    return {"alpha_ci": np.percentile(alphas, [tail, 100 - tail], axis=0).T.tolist(),
+            "r2_ci": np.percentile(r2s, [tail, 100 - tail]).tolist(), "n_boot": n_boot,
+            "level": level}
+
+
+def leave_one_out(target, bases, names: list[str], nonnegative: bool = False) -> dict:
+    """R² and α of the fit without each basic task in turn: ``{name: fit}``."""
+    return {name: composition_fit(target, [b for j, b in enumerate(bases) if j != i],
+                                  nonnegative)
+            for i, name in enumerate(names) if len(bases) > 1}
+
+
+def shuffled_null(target, bases, n_perm: int = 500, seed: int = 0,
+                  nonnegative: bool = False) -> dict:
+    """R² when the target's heads are shuffled (head correspondence destroyed).
+
+    Returns the null's mean and 95th percentile and ``p = (1 + #{null ≥ observed}) /
+    (1 + n_perm)``: a high observed R² that the null also reaches is chance, not composition.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.asarray(target, dtype=np.float64).ravel()
+    observed = composition_fit(y, bases, nonnegative)["r2"]
+    null = np.array([composition_fit(rng.permutation(y), bases, nonnegative)["r2"]
+                     for _ in range(n_perm)])
+    return {"observed_r2": observed, "null_mean": float(null.mean()),
+            "null_p95": float(np.percentile(null, 95)),
+            "p_value": float((1 + (null >= observed).sum()) / (1 + n_perm)), "n_perm": n_perm}
+
+
+# ---------------------------------------------------------------- parameter change
+
+
+def change_concentration(change, delta_ap=None) -> dict:
+    """How concentrated a per-head quantity (e.g. relative parameter change [L, H]) is.
+
+    ``share_50`` / ``share_90``: the smallest fraction of heads that together hold 50 % / 90 %
+    of the total (heads sorted by value, largest first). With ``delta_ap``, also the Spearman
+    correlation between the change and |ΔAP| per head.
+    """
+    x = np.sort(_flat(np.nan_to_num(np.asarray(change, dtype=np.float64))))[::-1]
+    cumulative = np.cumsum(x) / x.sum() if x.sum() > 0 else np.ones_like(x)
+    out = {f"share_{p}": float((np.searchsorted(cumulative, p / 100 - 1e-12) + 1) / x.size)
+           for p in (50, 90)}
+    if delta_ap is not None:
+        out["spearman_with_abs_delta_ap"] = spearman(np.nan_to_num(np.asarray(change)),
+                                                     np.abs(np.asarray(delta_ap)))
+    return out

@@ -1,5 +1,5 @@
-"""Command line: ``headway score | show | train | tasks | demo``. ``headway COMMAND --help``
-for details."""
+"""Command line: ``headway score | show | train | analyze | report | tasks | demo``.
+``headway COMMAND --help`` for details."""
 
 from __future__ import annotations
 
@@ -123,6 +123,25 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .analyze import analyze
+
+    result = analyze(Path(args.output_dir), patterns=args.patterns, runs=args.runs,
+                     complex_run=args.complex, model=args.model, k=args.k,
+                     n_random=args.random_draws, n_boot=args.bootstrap, n_perm=args.permutations,
+                     seed=args.seed)
+    print(f"wrote {args.output_dir}/analysis.json and {len(result['figures'])} figures; "
+          f"`headway report {args.output_dir}` makes the HTML report")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .html_report import write_report
+
+    print(f"wrote {write_report(args.folder, args.output)}")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .tasks import list_builtin_tasks
 
@@ -197,6 +216,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_show)
 
+    p = sub.add_parser("analyze", help="the three findings from pattern files and tracked "
+                                       "runs: numbers (analysis.json) and figures",
+                       description="Concentration and similarity of task patterns; ΔAP, "
+                                   "dynamics and parameter-change concentration of runs; "
+                                   "composition of a complex run's ΔAP from basic runs; "
+                                   "top-k vs random-k head ablation.")
+    p.add_argument("--patterns", nargs="*", default=[], help="pattern files (headway score)")
+    p.add_argument("--runs", nargs="*", default=[], help="run directories (headway train)")
+    p.add_argument("--complex", help="the run (task name or directory) whose ΔAP is fitted on "
+                                     "the other runs' ΔAP")
+    p.add_argument("--model", help="also ablate each pattern's top-k heads on this model "
+                                   "(held-out rows of the pattern's task)")
+    p.add_argument("--k", type=int, default=10, help="top heads (default 10)")
+    p.add_argument("--random-draws", type=int, default=10, help="random head sets (default 10)")
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (200)")
+    p.add_argument("--permutations", type=int, default=500, help="shuffled-null draws (500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output-dir", default="analysis", help="default: %(default)s")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("report", help="one self-contained HTML file from `headway analyze`")
+    p.add_argument("folder", help="output folder of headway analyze")
+    p.add_argument("-o", "--output", help="HTML path (default FOLDER/report.html)")
+    p.set_defaults(func=cmd_report)
+
     sub.add_parser("train", add_help=False,
                    help="SFT (full, LoRA or selected heads) recording activation patterns and "
                         "parameter change; `headway train --help` for its fields")
@@ -211,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
     p.add_argument("-n", "--rows", dest="n", type=int, default=64,
                    help="rows per task (default 64)")
-    p.add_argument("--sft-steps", type=int, default=40,
-                   help="steps of the tracked fine-tune (default 40; 0 skips it)")
+    p.add_argument("--sft-steps", type=int, default=24,
+                   help="steps of each tracked fine-tune (default 24; 0 skips them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -223,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     from .scoring import ScoringError
     from .tasks import TaskError
 
+    from .analyze import AnalysisError
     from .train import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -231,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (TaskError, ModelError, ScoringError, ConfigError, FileNotFoundError) as err:
+    except (TaskError, ModelError, ScoringError, ConfigError, FileNotFoundError,
+            AnalysisError) as err:
         print(f"headway: error: {err}", file=sys.stderr)
         return 2
 

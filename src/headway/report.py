@@ -84,3 +84,54 @@ def trajectory_figure(trajectory: dict, path: str | Path, title: str = "") -> Pa
     axes[1].legend(fontsize=6.5, loc="lower right", ncol=2)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def matrix_figure(matrix, names: list[str], path: str | Path, title: str = "") -> Path:
+    """A labelled square matrix (e.g. task x task similarity) with its values written in."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    size = 1.5 + 0.7 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    image = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, matrix.min()), vmax=1)
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] < 0.6 else "black")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def bar_with_intervals(names, values, intervals, path: str | Path, ylabel: str = "",
+                       title: str = "", reference=None) -> Path:
+    """Bars with [low, high] interval whiskers; ``reference``: optional (mean, low, high) per
+    bar drawn as a grey marker with its interval (e.g. the random-heads baseline)."""
+    values = np.asarray(values, dtype=np.float64)
+    intervals = np.asarray(intervals, dtype=np.float64).reshape(len(values), 2)
+    x = np.arange(len(values))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.1 * len(values), 3.6), layout="constrained")
+    errors = np.abs(np.stack([values - intervals[:, 0], intervals[:, 1] - values]))
+    ax.bar(x, values, yerr=errors, capsize=4, color="tab:blue", label="value")
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float64)
+        ax.errorbar(x + 0.3, ref[:, 0], yerr=np.abs(np.stack([ref[:, 0] - ref[:, 1],
+                                                               ref[:, 2] - ref[:, 0]])),
+                    fmt="o", color="grey", capsize=4, label="random heads")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, names, rotation=20, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    return _save(fig, path)
+
+
+def scatter_fit(predicted, measured, path: str | Path, xlabel: str = "", ylabel: str = ""
+                ) -> Path:
+    """Measured against fitted values, one point per head, with the identity line."""
+    predicted, measured = np.ravel(predicted), np.ravel(measured)
+    fig, ax = plt.subplots(figsize=(4.2, 4), layout="constrained")
+    ax.scatter(predicted, measured, s=8, alpha=0.6)
+    low, high = min(predicted.min(), measured.min()), max(predicted.max(), measured.max())
+    ax.plot([low, high], [low, high], color="black", lw=0.8)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    return _save(fig, path)

@@ -306,7 +306,7 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
     resumes where it stopped when started again with the same arguments.
     """
     from .patterns import ActivationPattern, pattern_meta, pattern_paths
-    from .tasks import encode_examples
+    from .tasks import encode_examples, task_record
 
     if convention == "paper" and template != "qa":
         raise ScoringError("the paper convention uses the released script's 'qa' template")
@@ -329,8 +329,8 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
                            desc=f"scoring {task.name}")
     per_sample = result["per_sample"]
     meta = pattern_meta(
-        lm.describe(), {"name": task.name, "source": task.source, "data_hash": task.data_hash},
-        settings, n_samples=len(encoded), mean_loss=float(result["loss"].mean()),
+        lm.describe(), task_record(task), settings, n_samples=len(encoded),
+        mean_loss=float(result["loss"].mean()),
         n_input_rows=stats.n_in, n_truncated=stats.n_truncated, n_dropped=stats.n_dropped,
         n_tokens=stats.n_tokens, n_response_tokens=stats.n_response_tokens,
         elapsed_s=round(time.perf_counter() - start, 3), world_size=world)

@@ -81,6 +81,15 @@ class Task:
     spec: TaskSpec  # the spec used, with n and name filled in
 
 
+def task_record(task: Task) -> dict:
+    """What results store about their task: name, source, data hash and the spec that loads
+    the same rows again (``load_task(TaskSpec(**record["spec"]))``)."""
+    from dataclasses import asdict
+
+    return {"name": task.name, "source": task.source, "data_hash": task.data_hash,
+            "spec": asdict(task.spec)}
+
+
 def list_builtin_tasks() -> list[tuple[str, str]]:
     """Return (name, description) for every built-in task."""
     return [(name, task.description) for name, task in BUILTIN_TASKS.items()]

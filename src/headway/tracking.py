@@ -30,13 +30,13 @@ from .storage import atomic_save_tensors, atomic_write_bytes
 
 @dataclass
 class Probe:
-    """A probe task, already encoded: name, rows (``Encoded``), data hash, source, and the
-    scoring settings (convention, method, batch_size, template, max_length, overlong)."""
+    """A probe task, already encoded: name, rows (``Encoded``), the task's record
+    (:func:`headway.tasks.task_record`) and the scoring settings (convention, method,
+    batch_size, template, max_length, overlong)."""
 
     name: str
     encoded: list
-    data_hash: str
-    source: str
+    task: dict
     settings: dict
 
 
@@ -128,8 +128,7 @@ class PatternTracker(TrainerCallback):
                                 self.pad_id, batch_size=probe.settings["batch_size"],
                                 progress=False)
             scores = out["per_sample"].abs().mean(0)
-            meta = pattern_meta(self.model_meta, {"name": probe.name, "source": probe.source,
-                                                  "data_hash": probe.data_hash},
+            meta = pattern_meta(self.model_meta, probe.task,
                                 probe.settings, n_samples=len(probe.encoded),
                                 mean_loss=float(out["loss"].mean()), step=step)
             if self.is_main:

@@ -182,7 +182,7 @@ def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
 
 def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
     """Probe tasks, encoded. The training task's probe rows follow its training rows."""
-    from .tasks import encode_examples, load_task
+    from .tasks import encode_examples, load_task, task_record
     from .tracking import Probe
 
     probes = []
@@ -198,8 +198,8 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
                                      c.overlong, task.source)
         settings = {"convention": "sample", "method": "gate", "batch_size": 8,
                     "template": c.template, "max_length": c.max_length, "overlong": c.overlong}
-        probes.append(Probe(name=task.name, encoded=encoded, data_hash=task.data_hash,
-                            source=task.source, settings=settings))
+        probes.append(Probe(name=task.name, encoded=encoded, task=task_record(task),
+                            settings=settings))
     return probes
 
 
@@ -214,7 +214,7 @@ def run_train(c: TrainConfig) -> dict:
     from .models import load_model
     from .patterns import library_versions
     from .storage import atomic_write_bytes, atomic_write_json
-    from .tasks import encode_examples, load_task
+    from .tasks import encode_examples, load_task, task_record
     from .tracking import PatternTracker, truncate_metrics
 
     validate(c)
@@ -292,11 +292,9 @@ def run_train(c: TrainConfig) -> dict:
         "heads": [f"{l}.{h}" for l, h in selection.heads] if selection else None,
         "n_trainable_parameters": n_trainable,
         "n_parameters": sum(p.numel() for p in lm.model.parameters()),
-        "train_task": {"name": train_task.name, "source": train_task.source,
-                       "data_hash": train_task.data_hash, "n": stats.n_out,
+        "train_task": {**task_record(train_task), "n": stats.n_out,
                        "n_truncated": stats.n_truncated, "n_dropped": stats.n_dropped},
-        "probes": [{"name": p.name, "source": p.source, "data_hash": p.data_hash,
-                    "n": len(p.encoded)} for p in probes],
+        "probes": [{**p.task, "n": len(p.encoded)} for p in probes],
         "world_size": state.num_processes, "versions": library_versions(),
         "resumed_from": str(resume_from) if resume_from else None,
     }

@@ -1,0 +1,226 @@
+"""``headway analyze``: pattern files and tracked runs -> every figure of the three findings.
+
+Writes ``OUT/analysis.json`` (all numbers) and ``OUT/figures/*.png``; ``headway report OUT``
+turns them into one self-contained HTML file.
+
+- patterns (``--patterns``): concentration and top heads of each, heatmaps, task x task
+  similarity (Pearson, Spearman, cosine, top-10 Jaccard) with a clustering order;
+- runs (``--runs``): for each run its own task's probe before / after / ΔAP, the dynamics of
+  the trajectory, and how concentrated the per-head parameter change is (and its rank
+  correlation with |ΔAP|);
+- composition (``--complex RUN``): ΔAP of that run's task fitted on the other runs' ΔAP
+  (least squares and non-negative), bootstrap intervals over probe samples, leave-one-out,
+  and a shuffled-heads null;
+- faithfulness (``--model``): loss increase when ablating each pattern's top-k heads vs k random
+  heads, on rows held out from those the pattern was computed on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import analysis as A
+from .patterns import ActivationPattern
+from .storage import atomic_write_json
+
+
+class AnalysisError(ValueError):
+    """Inputs that cannot be analysed together (e.g. an unknown --complex run)."""
+
+
+def _figure(result: dict, out: Path, name: str, caption: str) -> Path:
+    result["figures"].append({"path": f"figures/{name}", "caption": caption})
+    return out / "figures" / name
+
+
+def _run_summary(run_dir: Path) -> dict:
+    """A tracked run's own-task probe: AP before and after, per-sample scores, dynamics."""
+    from safetensors.torch import load_file
+
+    from .tracking import run_trajectory
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    trajectory = run_trajectory(run_dir)
+    task = manifest["train_task"]["name"]
+    probe = task if task in trajectory["probes"] else next(iter(trajectory["probes"]))
+    steps = trajectory["steps"]
+    first, last = (ActivationPattern.load(run_dir / "patterns" / f"step_{s:06d}" / probe)
+                   for s in (steps[0], steps[-1]))
+    change = load_file(run_dir / "param_change" / f"step_{steps[-1]:06d}.safetensors")
+    return {"name": task, "probe": probe, "run": str(run_dir), "manifest": manifest,
+            "trajectory": trajectory, "before": first, "after": last,
+            "delta": (last.scores - first.scores).numpy(), "param_change": change}
+
+
+def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
+            complex_run: str | None = None, model: str | None = None, k: int = 10,
+            n_random: int = 10, n_boot: int = 200, n_perm: int = 500, seed: int = 0) -> dict:
+    """Compute everything the inputs allow; write ``out/analysis.json`` and figures."""
+    from .report import bar_with_intervals, heatmap, heatmap_grid, scatter_fit, trajectory_figure
+
+    out = Path(out)
+    result: dict = {"figures": [], "inputs": {"patterns": list(patterns), "runs": list(runs)}}
+
+    # -- task patterns: concentration and similarity
+    loaded = {}
+    for path in patterns:
+        p = ActivationPattern.load(path)
+        name = p.meta.get("task", {}).get("name", Path(path).stem)
+        loaded[name if name not in loaded else f"{name}#{len(loaded)}"] = (path, p)
+    result["patterns"] = {
+        name: {"path": str(path), **A.concentration(p.scores.numpy()),
+               "n": p.meta.get("n_samples"), "model": p.meta.get("model", {}).get("name"),
+               "top_heads": [f"{l}.{h}" for l, h, _ in p.top_heads(k)]}
+        for name, (path, p) in loaded.items()}
+    if loaded:
+        heatmap_grid({n: p.scores.numpy() for n, (_, p) in loaded.items()},
+                     _figure(result, out, "patterns.png", "Activation pattern of each task "
+                             "(layers x heads)"))
+    if len(loaded) >= 2:
+        arrays = {n: p.scores.numpy() for n, (_, p) in loaded.items()}
+        names = list(arrays)
+        sims = {m: A.similarity_matrix(arrays, m) for m in A.SIMILARITIES}
+        order = A.cluster_order(sims["pearson"])
+        jac = np.array([[A.jaccard_top_k(a, b, k) for b in arrays.values()]
+                        for a in arrays.values()])
+        result["similarity"] = {"names": names, "cluster_order": [names[i] for i in order],
+                                **{m: s.tolist() for m, s in sims.items()},
+                                f"jaccard_top{k}": jac.tolist()}
+        ordered = [names[i] for i in order]
+        from .report import matrix_figure
+        matrix_figure(sims["pearson"][np.ix_(order, order)], ordered,
+                      _figure(result, out, "similarity.png", "Task x task Pearson correlation "
+                              "of activation patterns, in clustering order"))
+
+    # -- tracked runs: ΔAP, dynamics, parameter change
+    summaries = [_run_summary(Path(r)) for r in runs]
+    seen = set()
+    for s in summaries:  # two runs of one task keep apart by their folder name
+        if s["name"] in seen:
+            s["name"] = f"{s['name']} ({Path(s['run']).name})"
+        seen.add(s["name"])
+    result["runs"] = {}
+    for s in summaries:
+        d = s["trajectory"]["probes"][s["probe"]]["dynamics"]
+        attn = s["param_change"]["attn"].numpy()
+        result["runs"][s["name"]] = {
+            "run": s["run"], "probe": s["probe"], "mode": s["manifest"]["mode"],
+            "steps": s["trajectory"]["steps"],
+            "loss": s["trajectory"]["probes"][s["probe"]]["loss"],
+            "before": A.concentration(s["before"].scores.numpy()),
+            "after": A.concentration(s["after"].scores.numpy()),
+            "delta_norm": float(np.linalg.norm(s["delta"])),
+            "dynamics": {key: d[key] for key in ("change", "corr_start", "corr_prev",
+                                                 "mse_prev", "step_50", "step_90")},
+            "param_change": {"mean": float(np.nanmean(attn)), "max": float(np.nanmax(attn)),
+                             **A.change_concentration(attn, s["delta"])},
+            "top_delta_heads": _top_abs(s["delta"], k)}
+        heatmap_grid({"before": s["before"].scores.numpy(), "after": s["after"].scores.numpy()},
+                     _figure(result, out, f"run_{s['name']}_ap.png",
+                             f"{s['name']}: pattern before and after SFT"))
+        heatmap(s["delta"], _figure(result, out, f"run_{s['name']}_delta.png",
+                                    f"{s['name']}: ΔAP = AP(after) − AP(before)"),
+                title=f"ΔAP {s['name']}", diverging=True, label="ΔAP")
+        trajectory_figure(s["trajectory"], _figure(result, out, f"run_{s['name']}_dynamics.png",
+                                                   f"{s['name']}: loss, pattern change and "
+                                                   f"parameter change over steps"),
+                          title=s["name"])
+
+    # -- composition of the complex task's ΔAP from the basic ones
+    if complex_run:
+        target = next((s for s in summaries if complex_run in (s["name"], s["run"],
+                                                              str(Path(s["run"]).name))), None)
+        if target is None:
+            raise AnalysisError(f"--complex {complex_run!r} is none of the runs "
+                             f"({', '.join(s['name'] for s in summaries)})")
+        bases = [s for s in summaries if s is not target]
+        if not bases:
+            raise AnalysisError("composition needs at least one basic run besides --complex")
+        result["composition"] = _composition(target, bases, n_boot, n_perm, seed)
+        c = result["composition"]
+        bar_with_intervals([b["name"] for b in bases], c["least_squares"]["alpha"],
+                           c["least_squares"]["alpha_ci"],
+                           _figure(result, out, "composition_alpha.png",
+                                   f"α of ΔAP({target['name']}) ≈ Σ α_j ΔAP(basic_j), "
+                                   f"95 % bootstrap intervals"),
+                           ylabel="α", title=f"R² = {c['least_squares']['r2']:.3f}")
+        X = np.stack([b["delta"].ravel() for b in bases], 1)
+        scatter_fit(X @ np.array(c["least_squares"]["alpha"]), target["delta"].ravel(),
+                    _figure(result, out, "composition_fit.png",
+                            "Each head: fitted vs measured ΔAP of the complex task"),
+                    xlabel="Σ α_j ΔAP_j", ylabel=f"ΔAP {target['name']}")
+
+    # -- faithfulness: top-k vs random-k ablation
+    if model and loaded:
+        result["faithfulness"] = _faithfulness(model, loaded, k, n_random, seed)
+    if result.get("faithfulness") and any("skipped" not in v
+                                          for v in result["faithfulness"].values()):
+        f = {n: v for n, v in result["faithfulness"].items() if "skipped" not in v}
+        names = [f"{n} ({m})" for n in f for m in f[n]]
+        bar_with_intervals(
+            names, [f[n][m]["top_increase"] for n in f for m in f[n]],
+            [[f[n][m]["top_increase"]] * 2 for n in f for m in f[n]],
+            _figure(result, out, "faithfulness.png", f"Loss increase when ablating the top-{k} "
+                    f"heads (bars) vs {n_random} draws of {k} random heads (grey: mean and "
+                    f"95 % interval)"),
+            ylabel="Δ loss (nats)", title="ablation",
+            reference=[(f[n][m]["random_increase_mean"], *f[n][m]["random_increase_ci95"])
+                       for n in f for m in f[n]])
+    atomic_write_json(out / "analysis.json", result)
+    return result
+
+
+def _top_abs(delta: np.ndarray, k: int) -> list[str]:
+    n_heads = delta.shape[1]
+    return [f"{int(i) // n_heads}.{int(i) % n_heads}"
+            for i in np.argsort(-np.abs(delta).ravel(), kind="stable")[:k]]
+
+
+def _composition(target: dict, bases: list[dict], n_boot: int, n_perm: int, seed: int) -> dict:
+    def pair(s):
+        before, after = s["before"].per_sample, s["after"].per_sample
+        if before is None or after is None:
+            return None
+        return before.abs().numpy(), after.abs().numpy()
+
+    names = [b["name"] for b in bases]
+    X = [b["delta"] for b in bases]
+    out = {"target": target["name"], "bases": names}
+    pairs = [pair(s) for s in (target, *bases)]
+    for key, nonneg in (("least_squares", False), ("nonnegative", True)):
+        fit = A.composition_fit(target["delta"], X, nonnegative=nonneg)
+        if all(p is not None for p in pairs):
+            fit.update(A.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg))
+        fit["leave_one_out"] = A.leave_one_out(target["delta"], X, names, nonneg)
+        fit["shuffled_null"] = A.shuffled_null(target["delta"], X, n_perm, seed, nonneg)
+        out[key] = fit
+    return out
+
+
+def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int) -> dict:
+    from .ablation import faithfulness
+    from .models import load_model
+    from .tasks import TaskError, TaskSpec, encode_examples, load_task
+
+    lm = load_model(model)
+    out = {}
+    for name, (path, p) in loaded.items():
+        spec = dict(p.meta.get("task", {}).get("spec") or {})
+        if not spec:
+            continue
+        spec["offset"] = spec.get("offset", 0) + spec["n"]  # rows the pattern did not see
+        try:
+            task = load_task(TaskSpec(**spec))
+        except TaskError as err:
+            out[name] = {"skipped": f"no held-out rows to ablate on: {err}"}
+            continue
+        encoded, _ = encode_examples(task.examples, lm.tokenizer,
+                                     p.meta.get("template", "qa"), p.meta.get("max_length", 1024),
+                                     p.meta.get("overlong", "truncate"), task.source)
+        out[name] = {mode: faithfulness(lm.model, encoded, lm.tokenizer.pad_token_id,
+                                        p.scores.numpy(), k, n_random, mode, seed)
+                     for mode in ("zero", "mean")}
+    return out

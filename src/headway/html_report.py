@@ -1,0 +1,133 @@
+"""``headway report``: one self-contained HTML file (images inline) from ``headway analyze``'s
+output folder. Opens from disk, without a server or network."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .storage import atomic_write_bytes
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+figure{margin:1em 0} figcaption{font-size:.85em;color:#555} img{max-width:100%}
+.note{color:#555;font-size:.9em}
+"""
+
+
+def _num(x, digits: int = 3) -> str:
+    if isinstance(x, (int, float)):
+        return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+    return html.escape(str(x))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_num(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _figures(folder: Path, figures: list[dict], prefix: str) -> str:
+    parts = []
+    for f in figures:
+        if not f["path"].startswith(f"figures/{prefix}"):
+            continue
+        data = base64.b64encode((folder / f["path"]).read_bytes()).decode()
+        parts.append(f'<figure><img alt="{html.escape(f["caption"])}" '
+                     f'src="data:image/png;base64,{data}"><figcaption>'
+                     f'{html.escape(f["caption"])}</figcaption></figure>')
+    return "".join(parts)
+
+
+def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
+    """Write ``folder/report.html`` (or ``path``) from ``folder/analysis.json``."""
+    folder = Path(folder)
+    analysis_file = folder / "analysis.json"
+    if not analysis_file.is_file():
+        raise FileNotFoundError(f"no analysis.json in {folder}; run `headway analyze` first")
+    a = json.loads(analysis_file.read_text())
+    figs = a.get("figures", [])
+    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+           "<title>headway report</title>", f"<style>{STYLE}</style></head><body>",
+           "<h1>Attention-head activation patterns</h1>",
+           "<p class='note'>AP[l,h] = mean over samples of |&lt;Γ, ∂L/∂Γ&gt;|; ΔAP = AP(after "
+           "SFT) − AP(before), on the same held-out probe rows. Every number below is in "
+           "analysis.json beside this file.</p>"]
+
+    if a.get("patterns"):
+        out.append("<h2>1. Task-specific heads</h2>")
+        out.append(_table(["task", "N", "Gini", "CV", "entropy", "top heads"],
+                          [[n, p["n"], p["gini"], p["cv"], p["entropy"],
+                            ", ".join(p["top_heads"][:5])] for n, p in a["patterns"].items()]))
+        out.append(_figures(folder, figs, "patterns"))
+    if a.get("similarity"):
+        s = a["similarity"]
+        out.append("<h3>Task x task similarity</h3>")
+        for method in ("pearson", "spearman", "cosine"):
+            out.append(f"<p>{method}</p>" + _table(
+                ["", *s["names"]], [[n, *row] for n, row in zip(s["names"], s[method])]))
+        out.append(_figures(folder, figs, "similarity"))
+    if a.get("runs"):
+        out.append("<h2>SFT runs: how patterns and weights move</h2>")
+        rows = []
+        for name, r in a["runs"].items():
+            d = r["dynamics"]
+            rows.append([name, r["mode"], r["steps"][-1], f"{r['loss'][0]:.3f} → "
+                         f"{r['loss'][-1]:.3f}", f"{r['before']['gini']:.3f} → "
+                         f"{r['after']['gini']:.3f}", d["change"][1] if len(d["change"]) > 1
+                         else 0, d["change"][-1], d["corr_start"][-1],
+                         r["param_change"]["share_50"], r["param_change"]["share_90"],
+                         r["param_change"]["spearman_with_abs_delta_ap"]])
+        out.append(_table(["task", "mode", "steps", "probe loss", "Gini", "change at first "
+                           "record", "change at end", "corr(AP_0, AP_end)", "heads with 50 % "
+                           "of Δweights", "heads with 90 %", "Spearman(Δweights, |ΔAP|)"],
+                          rows))
+        out.append("<p class='note'>change = ‖AP_t − AP_0‖ / ‖AP_0‖; Δweights = per-head "
+                   "relative change of the q/k/v/o slices.</p>")
+        out.append(_figures(folder, figs, "run_"))
+    if a.get("composition"):
+        c = a["composition"]
+        out.append(f"<h2>2. {html.escape(c['target'])} as a combination of "
+                   f"{html.escape(', '.join(c['bases']))}</h2>")
+        for key, label in (("least_squares", "least squares"), ("nonnegative", "α ≥ 0")):
+            fit = c[key]
+            ci = fit.get("alpha_ci") or [["–", "–"]] * len(fit["alpha"])
+            rows = [[b, al, f"[{_num(lo)}, {_num(hi)}]"] for b, al, (lo, hi)
+                    in zip(c["bases"], fit["alpha"], ci)]
+            null = fit["shuffled_null"]
+            r2ci = fit.get("r2_ci")
+            out.append(f"<h3>{label}</h3>" + _table(["basic task", "α", "95 % interval"], rows))
+            out.append(f"<p>R² = {_num(fit['r2'])}" + (f" (95 % interval [{_num(r2ci[0])}, "
+                                                        f"{_num(r2ci[1])}])" if r2ci else "") +
+                       f", adjusted R² = {_num(fit['adj_r2'])}, over {fit['n']} heads. "
+                       f"Shuffled-heads null: mean R² {_num(null['null_mean'])}, 95th "
+                       f"percentile {_num(null['null_p95'])}, p = {_num(null['p_value'])}.</p>")
+            if fit["leave_one_out"]:
+                out.append(_table(["left out", "R² without it"],
+                                  [[n, f["r2"]] for n, f in fit["leave_one_out"].items()]))
+        out.append(_figures(folder, figs, "composition"))
+    if a.get("faithfulness"):
+        out.append("<h2>3. Faithfulness: ablating the top heads</h2>")
+        rows = []
+        for name, modes in a["faithfulness"].items():
+            if "skipped" in modes:
+                rows.append([name, "–", "–", "–", "–", modes["skipped"]])
+                continue
+            for mode, f in modes.items():
+                lo, hi = f["random_increase_ci95"]
+                rows.append([f"{name} ({mode})", f["base_loss"], f["top_increase"],
+                             f["random_increase_mean"], f"[{_num(lo)}, {_num(hi)}]",
+                             "yes" if f["top_beats_random"] else "no"])
+        out.append(_table(["pattern (ablation)", "loss", f"Δloss top-k", "Δloss random k "
+                           "(mean)", "random 95 %", "top above random"], rows))
+        out.append(_figures(folder, figs, "faithfulness"))
+    out.append("</body></html>")
+    target = Path(path) if path else folder / "report.html"
+    return atomic_write_bytes(target, "\n".join(out).encode())

@@ -1,0 +1,74 @@
+"""`headway analyze` and `headway report` end to end on tiny models."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from headway.cli import main
+from headway.train import load_config, run_train
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, llama_dir):
+    root = tmp_path_factory.mktemp("analyze")
+    runs = []
+    for task in ("arithmetic", "sorting", "chain_sum"):
+        run = root / f"run-{task}"
+        run_train(load_config(None, model=str(llama_dir), task=task, rows=16, probe_rows=6,
+                              max_steps=4, track_every=2, per_device_train_batch_size=4,
+                              learning_rate=1e-2, output_dir=str(run), progress=False,
+                              save_final=False))
+        runs.append(run)
+    patterns = []
+    for task in ("arithmetic", "sorting"):
+        out = root / "patterns" / task
+        assert main(["score", "--model", str(llama_dir), "--task", task, "--rows", "6",
+                     "--per-sample", "-o", str(out), "--no-progress"]) == 0
+        patterns.append(out)
+    return root, runs, patterns
+
+
+def test_analyze_and_report(workspace, llama_dir, capsys):
+    root, runs, patterns = workspace
+    out = root / "analysis"
+    assert main(["analyze", "--patterns", *map(str, patterns), "--runs", *map(str, runs),
+                 "--complex", "chain_sum", "--model", str(llama_dir), "--k", "3",
+                 "--random-draws", "3", "--bootstrap", "20", "--permutations", "20",
+                 "-o", str(out)]) == 0
+    a = json.loads((out / "analysis.json").read_text())
+    assert set(a["patterns"]) == {"arithmetic", "sorting"}
+    assert len(a["similarity"]["pearson"]) == 2 and a["similarity"]["pearson"][0][0] == 1.0
+    assert set(a["runs"]) == {"arithmetic", "sorting", "chain_sum"}
+    comp = a["composition"]
+    assert comp["target"] == "chain_sum" and comp["bases"] == ["arithmetic", "sorting"]
+    for key in ("least_squares", "nonnegative"):
+        assert len(comp[key]["alpha"]) == 2 and len(comp[key]["alpha_ci"]) == 2
+        assert 0 <= comp[key]["shuffled_null"]["p_value"] <= 1
+    assert min(comp["nonnegative"]["alpha"]) >= 0
+    faith = a["faithfulness"]["arithmetic"]
+    assert set(faith) == {"zero", "mean"} and len(faith["zero"]["random_increase"]) == 3
+    for figure in a["figures"]:
+        assert (out / figure["path"]).is_file()
+    capsys.readouterr()
+
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(a["figures"])
+    assert "src=\"figures/" not in page and "http" not in page  # self-contained
+    r2 = comp["least_squares"]["r2"]
+    assert re.search(rf"R² = {r2:.3f}", page), "the report shows the JSON's R²"
+
+
+def test_analyze_rejects_an_unknown_complex_run(workspace, capsys):
+    root, runs, _ = workspace
+    assert main(["analyze", "--runs", *map(str, runs), "--complex", "nope",
+                 "-o", str(root / "x")]) == 2
+    assert "--complex 'nope'" in capsys.readouterr().err
+
+
+def test_report_needs_an_analysis(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no analysis.json" in capsys.readouterr().err
