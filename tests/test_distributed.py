@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -20,6 +21,12 @@ def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run(args: list[str], processes: int) -> None:
     # One thread per process in both runs: a different thread count changes float summation
     # order (about 1e-4 relative on per-sample scores of a 30-layer model), not the method.
@@ -28,7 +35,7 @@ def run(args: list[str], processes: int) -> None:
         cmd = [sys.executable, "-m", "headway.cli", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", "29517", "-m", "headway.cli", *args]
+               "--master_port", str(free_port()), "-m", "headway.cli", *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:

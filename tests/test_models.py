@@ -15,7 +15,7 @@ from headway.models import ModelError, load_model
 
 @pytest.fixture
 def model_dir(tmp_path):
-    tiny_model("qwen2").save_pretrained(tmp_path / "m")
+    tiny_model("qwen2", seed=2).save_pretrained(tmp_path / "m")
     make_byte_tokenizer().save_pretrained(tmp_path / "m")
     return tmp_path / "m"
 
@@ -75,3 +75,17 @@ def test_builtin_real_model_converts_once_and_scores_exactly():
     ref = score(lm, task, method="reference", progress=False)
     assert 0 < fast.meta["mean_loss"] < 10
     assert float((fast.scores - ref.scores).abs().max() / ref.scores.abs().max()) <= 1e-5
+
+
+def test_random_twin_keeps_architecture_and_tokenizer_with_new_weights(model_dir):
+    pretrained = load_model(str(model_dir))
+    twin = load_model(f"random:{model_dir}")
+    assert twin.name == f"random:{model_dir}" and twin.revision.startswith("random-init(seed=0)")
+    assert (twin.n_layers, twin.n_heads, twin.head_dim) == (2, 4, 8)
+    assert twin.tokenizer is not None
+    a, b = dict(pretrained.model.named_parameters()), dict(twin.model.named_parameters())
+    assert a.keys() == b.keys()
+    assert not torch.equal(a["model.layers.0.self_attn.q_proj.weight"],
+                           b["model.layers.0.self_attn.q_proj.weight"])
+    again = load_model(f"random:{model_dir}")  # fixed seed: the same twin every time
+    assert torch.equal(next(again.model.parameters()), next(twin.model.parameters()))

@@ -137,8 +137,9 @@ def composition_fit(target, bases, nonnegative: bool = False) -> dict:
 
     ``target`` [L, H]; ``bases`` [J, L, H]. Least squares (``nonnegative``: scipy's NNLS, α ≥ 0).
     R² = 1 − SS_res / SS_tot with SS_tot = Σ (y − ȳ)² (centred, as scikit-learn's ``score``);
-    adjusted R² = 1 − (1 − R²)(n − 1)/(n − J − 1), n = L·H heads. Returns alpha [J], r2,
-    adj_r2, n.
+    adjusted R² = 1 − (1 − R²)(n − 1)/(n − J − 1), n = L·H heads. ``r2_uncentered`` =
+    1 − SS_res / Σ y² is the no-intercept convention some papers use (higher when ΔAP has a
+    common offset, e.g. every head shrinking). Returns alpha [J], r2, adj_r2, r2_uncentered, n.
     """
     y = np.asarray(target, dtype=np.float64).ravel()
     X = np.stack([np.asarray(b, dtype=np.float64).ravel() for b in bases], axis=1)
@@ -149,11 +150,14 @@ def composition_fit(target, bases, nonnegative: bool = False) -> dict:
     else:
         alpha = np.linalg.lstsq(X, y, rcond=None)[0]
     residual = y - X @ alpha
+    ss_res = float((residual ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
-    r2 = 1 - float((residual ** 2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    r2 = 1 - ss_res / ss_tot if ss_tot > 0 else 1.0
     n, j = y.size, X.shape[1]
     adj = 1 - (1 - r2) * (n - 1) / (n - j - 1) if n > j + 1 else float("nan")
-    return {"alpha": alpha.tolist(), "r2": r2, "adj_r2": adj, "n": n}
+    uncentered = 1 - ss_res / float((y ** 2).sum()) if (y ** 2).sum() > 0 else 1.0
+    return {"alpha": alpha.tolist(), "r2": r2, "adj_r2": adj, "r2_uncentered": uncentered,
+            "n": n}
 
 
 def bootstrap_composition(target: tuple, bases: list[tuple], n_boot: int = 200,

@@ -57,8 +57,13 @@ def _run_summary(run_dir: Path) -> dict:
 
 def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
             complex_run: str | None = None, model: str | None = None, k: int = 10,
-            n_random: int = 10, n_boot: int = 200, n_perm: int = 500, seed: int = 0) -> dict:
-    """Compute everything the inputs allow; write ``out/analysis.json`` and figures."""
+            n_random: int = 10, n_boot: int = 200, n_perm: int = 500, seed: int = 0,
+            ablation_modes: tuple[str, ...] = ("zero", "mean"),
+            ablation_rows: int | None = None) -> dict:
+    """Compute everything the inputs allow; write ``out/analysis.json`` and figures.
+
+    Ablation runs on rows held out from each pattern's own (the next ``ablation_rows`` rows of
+    its task, default as many as the pattern used), in each of ``ablation_modes``."""
     from .report import bar_with_intervals, heatmap, heatmap_grid, scatter_fit, trajectory_figure
 
     out = Path(out)
@@ -155,7 +160,8 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
 
     # -- faithfulness: top-k vs random-k ablation
     if model and loaded:
-        result["faithfulness"] = _faithfulness(model, loaded, k, n_random, seed)
+        result["faithfulness"] = _faithfulness(model, loaded, k, n_random, seed,
+                                               ablation_modes, ablation_rows)
     if result.get("faithfulness") and any("skipped" not in v
                                           for v in result["faithfulness"].values()):
         f = {n: v for n, v in result["faithfulness"].items() if "skipped" not in v}
@@ -200,7 +206,8 @@ def _composition(target: dict, bases: list[dict], n_boot: int, n_perm: int, seed
     return out
 
 
-def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int) -> dict:
+def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int,
+                  modes: tuple[str, ...], rows: int | None) -> dict:
     from .ablation import faithfulness
     from .models import load_model
     from .tasks import TaskError, TaskSpec, encode_examples, load_task
@@ -212,6 +219,7 @@ def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int) ->
         if not spec:
             continue
         spec["offset"] = spec.get("offset", 0) + spec["n"]  # rows the pattern did not see
+        spec["n"] = min(spec["n"], rows or spec["n"])
         try:
             task = load_task(TaskSpec(**spec))
         except TaskError as err:
@@ -222,5 +230,5 @@ def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int) ->
                                      p.meta.get("overlong", "truncate"), task.source)
         out[name] = {mode: faithfulness(lm.model, encoded, lm.tokenizer.pad_token_id,
                                         p.scores.numpy(), k, n_random, mode, seed)
-                     for mode in ("zero", "mean")}
+                     for mode in modes}
     return out

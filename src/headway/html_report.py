@@ -22,7 +22,11 @@ figure{margin:1em 0} figcaption{font-size:.85em;color:#555} img{max-width:100%}
 
 
 def _num(x, digits: int = 3) -> str:
-    if isinstance(x, (int, float)):
+    if isinstance(x, bool) or x is None:
+        return html.escape(str(x))
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
         return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
     return html.escape(str(x))
 
@@ -106,7 +110,8 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
             out.append(f"<h3>{label}</h3>" + _table(["basic task", "α", "95 % interval"], rows))
             out.append(f"<p>R² = {_num(fit['r2'])}" + (f" (95 % interval [{_num(r2ci[0])}, "
                                                         f"{_num(r2ci[1])}])" if r2ci else "") +
-                       f", adjusted R² = {_num(fit['adj_r2'])}, over {fit['n']} heads. "
+                       f", adjusted R² = {_num(fit['adj_r2'])}, uncentered R² "
+                       f"{_num(fit['r2_uncentered'])}, over {fit['n']} heads. "
                        f"Shuffled-heads null: mean R² {_num(null['null_mean'])}, 95th "
                        f"percentile {_num(null['null_p95'])}, p = {_num(null['p_value'])}.</p>")
             if fit["leave_one_out"]:

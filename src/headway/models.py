@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import dataclasses
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -228,12 +229,16 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     """Load a causal LM and its tokenizer in eval mode.
 
     ``name`` is an alias from :data:`BUILTIN_MODELS`, a local folder, or a hub id (downloaded
-    by transformers when a network is available). ``attn_implementation`` None lets
+    by transformers when a network is available); ``random:<name>`` is that model's randomly
+    initialised twin (:func:`random_twin`). ``attn_implementation`` None lets
     transformers pick its fastest kernel (SDPA where the family supports it); the reference
     path switches to ``"eager"`` by itself when it needs attention probabilities.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name.startswith(RANDOM_PREFIX):
+        return random_twin(load_model(name[len(RANDOM_PREFIX):], dtype, revision,
+                                      attn_implementation, trust_remote_code), device)
     info: dict = {}
     if name in BUILTIN_MODELS:
         path = builtin_model_folder(name)
@@ -287,6 +292,27 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+RANDOM_PREFIX = "random:"
+
+
+def random_twin(pretrained: LoadedModel, device=None, seed: int = 0) -> LoadedModel:
+    """The same architecture, config and tokenizer with freshly initialised weights (the
+    model's own initialiser, fixed seed): a control without pretrained knowledge. Loaded as
+    ``random:<name>``, e.g. ``random:smollm2-135m``."""
+    from transformers import AutoModelForCausalLM
+
+    config = pretrained.model.config
+    dtype = next(pretrained.model.parameters()).dtype
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return dataclasses.replace(pretrained, model=model, name=RANDOM_PREFIX + pretrained.name,
+                               revision=f"random-init(seed={seed}) of {pretrained.revision}")
 
 
 def architecture(model: nn.Module) -> Architecture:

@@ -17,18 +17,27 @@ Run directory (``output_dir``):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 from transformers import TrainerCallback
 
+from .progress import quiet_hf_progress
+
 MODES = ("full", "lora", "heads")
+
+# TRL 1.16 passes TrainingArguments names that transformers 5 renamed; the warning is not
+# actionable for headway's users.
+warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated",
+                        category=FutureWarning)
 
 
 def _f(default, help: str, **kw):
@@ -280,9 +289,14 @@ def run_train(c: TrainConfig) -> dict:
     callbacks = [tracker] if c.tracking else []
     if selection is not None:
         callbacks.append(RestoreUnselected(selection))
-    trainer = SFTTrainer(model=lm.model, args=args, train_dataset=dataset,
-                         processing_class=lm.tokenizer, peft_config=peft_config,
-                         callbacks=callbacks)
+    with quiet_hf_progress():
+        trainer = SFTTrainer(model=lm.model, args=args, train_dataset=dataset,
+                             processing_class=lm.tokenizer, peft_config=peft_config,
+                             callbacks=callbacks)
+    if not c.progress:  # no bar, and no log dicts printed either: they are in metrics.jsonl
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if selection is not None:
         n_trainable = selection.n_trainable
@@ -301,7 +315,8 @@ def run_train(c: TrainConfig) -> dict:
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
     start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with contextlib.nullcontext() if c.progress else quiet_hf_progress():
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     manifest.update(status="finished", global_step=trainer.state.global_step,
                     train_seconds=round(time.perf_counter() - start, 2),
                     tracking_seconds=round(tracker.seconds, 2),
