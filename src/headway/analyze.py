@@ -172,7 +172,7 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
             _figure(result, out, "faithfulness.png", f"Loss increase when ablating the top-{k} "
                     f"heads (bars) vs {n_random} draws of {k} random heads (grey: mean and "
                     f"95 % interval)"),
-            ylabel="Δ loss (nats)", title="ablation",
+            ylabel="Δ loss (nats)", title="ablation", label=f"top-{k} heads",
             reference=[(f[n][m]["random_increase_mean"], *f[n][m]["random_increase_ci95"])
                        for n in f for m in f[n]])
     atomic_write_json(out / "analysis.json", result)

@@ -110,8 +110,9 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
             out.append(f"<h3>{label}</h3>" + _table(["basic task", "α", "95 % interval"], rows))
             out.append(f"<p>R² = {_num(fit['r2'])}" + (f" (95 % interval [{_num(r2ci[0])}, "
                                                         f"{_num(r2ci[1])}])" if r2ci else "") +
-                       f", adjusted R² = {_num(fit['adj_r2'])}, uncentered R² "
-                       f"{_num(fit['r2_uncentered'])}, over {fit['n']} heads. "
+                       f", adjusted R² = {_num(fit['adj_r2'])}" +
+                       (f", uncentered R² {_num(fit['r2_uncentered'])}"
+                        if "r2_uncentered" in fit else "") + f", over {fit['n']} heads. "
                        f"Shuffled-heads null: mean R² {_num(null['null_mean'])}, 95th "
                        f"percentile {_num(null['null_p95'])}, p = {_num(null['p_value'])}.</p>")
             if fit["leave_one_out"]:

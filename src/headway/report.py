@@ -104,7 +104,7 @@ def matrix_figure(matrix, names: list[str], path: str | Path, title: str = "") -
 
 
 def bar_with_intervals(names, values, intervals, path: str | Path, ylabel: str = "",
-                       title: str = "", reference=None) -> Path:
+                       title: str = "", reference=None, label: str = "value") -> Path:
     """Bars with [low, high] interval whiskers; ``reference``: optional (mean, low, high) per
     bar drawn as a grey marker with its interval (e.g. the random-heads baseline)."""
     values = np.asarray(values, dtype=np.float64)
@@ -112,7 +112,7 @@ def bar_with_intervals(names, values, intervals, path: str | Path, ylabel: str =
     x = np.arange(len(values))
     fig, ax = plt.subplots(figsize=(1.8 + 1.1 * len(values), 3.6), layout="constrained")
     errors = np.abs(np.stack([values - intervals[:, 0], intervals[:, 1] - values]))
-    ax.bar(x, values, yerr=errors, capsize=4, color="tab:blue", label="value")
+    ax.bar(x, values, yerr=errors, capsize=4, color="tab:blue", label=label)
     if reference is not None:
         ref = np.asarray(reference, dtype=np.float64)
         ax.errorbar(x + 0.3, ref[:, 0], yerr=np.abs(np.stack([ref[:, 0] - ref[:, 1],
