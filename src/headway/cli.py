@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import json
 import sys
 from pathlib import Path
@@ -115,10 +116,11 @@ def cmd_show(args) -> int:
         return 0
     print(f"{task} on {model}: {pattern.n_layers} layers x {pattern.n_heads} heads, "
           f"N = {pattern.meta.get('n_samples', '?')}, convention {pattern.meta.get('convention')}")
-    print(f"Gini {stats['gini']:.3f}   CV {stats['cv']:.3f}   entropy {stats['entropy']:.3f}")
+    print(f"Gini {stats['gini']:.3f}   CV {stats['cv']:.3f}   entropy {stats['entropy']:.3f} "
+          f"nats (uniform: {math.log(pattern.scores.numel()):.3f})")
     print(f"{'rank':>4}  {'layer':>5}  {'head':>4}  score")
     for rank, (layer, head, value) in enumerate(top, 1):
-        print(f"{rank:>4}  {layer:>5}  {head:>4}  {value:.4g}")
+        print(f"{rank:>4}  {layer:>5}  {head:>4}  {value:.4f}")
     print(f"heatmap: {png}")
     return 0
 
@@ -249,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser("demo", help="the whole story on the built-in model: patterns of the "
-                                    "built-in tasks, a short tracked fine-tune, figures and a "
-                                    "summary")
+                                    "built-in tasks, three short tracked fine-tunes, analysis "
+                                    "and an HTML report")
     p.add_argument("--output-dir", default="headway-demo", help="default: %(default)s")
     p.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
     p.add_argument("-n", "--rows", dest="n", type=int, default=64,

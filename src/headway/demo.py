@@ -128,7 +128,7 @@ def summary_markdown(a: dict, model: str, n: int, seconds: float) -> str:
     if a.get("runs"):
         lines += ["", "## Short full fine-tunes", "",
                   "| task | steps | probe loss | ΔAP: change at first record → end | "
-                  "corr(AP_0, AP_end) | Gini | heads with 50 % of Δweights |",
+                  "corr(AP_0, AP_end) | Gini | share of heads holding 50 % of Δweights |",
                   "|---|---|---|---|---|---|---|"]
         for name, r in a["runs"].items():
             d = r["dynamics"]

@@ -90,8 +90,9 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
                          r["param_change"]["share_50"], r["param_change"]["share_90"],
                          r["param_change"]["spearman_with_abs_delta_ap"]])
         out.append(_table(["task", "mode", "steps", "probe loss", "Gini", "change at first "
-                           "record", "change at end", "corr(AP_0, AP_end)", "heads with 50 % "
-                           "of Δweights", "heads with 90 %", "Spearman(Δweights, |ΔAP|)"],
+                           "record", "change at end", "corr(AP_0, AP_end)", "share of heads "
+                           "holding 50 % of Δweights", "share holding 90 %",
+                           "Spearman(Δweights, |ΔAP|)"],
                           rows))
         out.append("<p class='note'>change = ‖AP_t − AP_0‖ / ‖AP_0‖; Δweights = per-head "
                    "relative change of the q/k/v/o slices.</p>")

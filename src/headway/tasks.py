@@ -195,7 +195,7 @@ def _resolve_field(explicit, candidates, columns, role, where) -> str:
         if name in columns:
             return name
     raise TaskError(f"{where}: no {role} column found; columns are {columns}, tried {list(candidates)}; "
-                    f"pass {role}_field=<column>")
+                    f"pass {role}_field=<column> (command line: --{role}-field <column>)")
 
 
 def _check_value(where: str, index: int, field_name: str, value) -> None:
