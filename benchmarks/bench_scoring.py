@@ -192,7 +192,7 @@ def table(r: dict) -> str:
         f"  ({t['released_measured']:.1f} s measured on {t['released_rows']} rows, scaled per row)",
         f"{'fast AP, sample convention, batch 8':<34}{t['gate_sample_convention_batch8']:>10.1f}"
         f"{t['gate_sample_convention_batch8'] / t['forward']:>11.2f}",
-        f"  (rows sorted by length; the default way to score)",
+        "  (rows sorted by length; the default way to score)",
         f"same {t['released_rows']} rows padded to {r['pad_to']}: fast {t['gate_padded_measured']:.1f} s,"
         f" reference {t['released_measured']:.1f} s",
         "",

@@ -132,7 +132,7 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
                 rows.append([f"{name} ({mode})", f["base_loss"], f["top_increase"],
                              f["random_increase_mean"], f"[{_num(lo)}, {_num(hi)}]",
                              "yes" if f["top_beats_random"] else "no"])
-        out.append(_table(["pattern (ablation)", "loss", f"Δloss top-k", "Δloss random k "
+        out.append(_table(["pattern (ablation)", "loss", "Δloss top-k", "Δloss random k "
                            "(mean)", "random 95 %", "top above random"], rows))
         out.append(_figures(folder, figs, "faithfulness"))
     out.append("</body></html>")

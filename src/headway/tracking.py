@@ -89,15 +89,15 @@ class PatternTracker(TrainerCallback):
     # -- Trainer events -----------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
-            self.record(model, 0, state)
+            self.record(model, 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and state.global_step % self.every == 0:
-            self.record(model, state.global_step, state)
+            self.record(model, state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if not self.every or state.global_step % self.every:
-            self.record(model, state.global_step, state)
+            self.record(model, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.is_main and logs and "loss" in logs:
@@ -111,7 +111,7 @@ class PatternTracker(TrainerCallback):
             f.write(json.dumps(record) + "\n")
             f.flush()
 
-    def record(self, model, step: int, state=None) -> dict | None:
+    def record(self, model, step: int) -> dict | None:
         """Score every probe (all processes share the work) and, on the main process, write
         the patterns, the parameter change and a metrics line."""
         if step in self.done:  # e.g. the end of a run resumed from its final checkpoint
