@@ -245,11 +245,9 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     every process returns the full result, equal to a single-process run.
     """
     import torch.distributed as dist
-
-    rank, world = rank_world()
-    distributed = world > 1
     from tqdm.auto import tqdm
 
+    rank, world = rank_world()
     if convention not in CONVENTIONS:
         raise ScoringError(f"unknown loss convention {convention!r}; choose one of {CONVENTIONS}")
     if method not in METHODS:
@@ -281,14 +279,11 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
             bar.update(len(rows))
             if checkpoint:
                 checkpoint.save(state)
-    if distributed:  # each row was computed by exactly one process; the others hold zeros
+    if world > 1:  # each row was computed by one process and is zero in the others
         for name in ("per_sample", "loss"):
-            mine_only = torch.zeros_like(state[name])
-            for rows in batches:
-                mine_only[rows] = state[name][rows]
-            state[name] = mine_only.to(device)
-            dist.all_reduce(state[name])
-            state[name] = state[name].cpu()
+            summed = state[name].to(device)
+            dist.all_reduce(summed)
+            state[name] = summed.cpu()
     return {"per_sample": state["per_sample"], "loss": state["loss"]}
 
 
