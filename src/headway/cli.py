@@ -1,4 +1,5 @@
-"""Command line: ``headway score | show | train | analyze | report | tasks | demo``.
+"""Command line: ``headway score | show | train | eval | mix | select | modes | analyze | report |
+tasks | demo``.
 ``headway COMMAND --help`` for details."""
 
 from __future__ import annotations
@@ -144,6 +145,107 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluation import EvalSettings, check_disjoint, duplicate_prompts, evaluate
+    from .experiments import trained_rows
+    from .storage import atomic_write_json
+    from .tasks import TaskSpec
+
+    task = _load_task(args)
+    used, prompts = [], []
+    for run in args.train_run:
+        manifest = Path(run) / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: not a headway train run directory")
+        rows, run_prompts = trained_rows(TaskSpec(**json.loads(manifest.read_text())
+                                                  ["train_task"]["spec"]))
+        used += rows
+        prompts += run_prompts
+    check_disjoint(task, used)
+    lm = _load_model(args)
+    result = evaluate(lm, task, EvalSettings(args.template, args.max_length,
+                                             args.max_new_tokens, args.batch_size),
+                      progress=not args.no_progress)
+    result["model"] = lm.describe()
+    if args.train_run:
+        result["n_eval_prompts_seen_in_training"] = duplicate_prompts(task, prompts)
+    low, high = result["accuracy_ci95"]
+    print(f"{task.name} on {lm.name}: accuracy {result['accuracy']:.3f} "
+          f"({result['correct']}/{result['n']}; 95 % CI {low:.3f}-{high:.3f}), mean checker "
+          f"score {result['mean_score']:.3f}, response loss {result['response_loss']:.4f} "
+          f"nats/token; checker {result['checker']}")
+    if args.train_run:
+        print(f"no evaluation row is a training row of {', '.join(args.train_run)}; "
+              f"{result['n_eval_prompts_seen_in_training']} evaluation prompts also occur "
+              f"verbatim in their training data")
+    if args.output:
+        atomic_write_json(args.output, result)
+        print(f"wrote {args.output} (per-row generations included)")
+    return 0
+
+
+def _add_experiment_args(p: argparse.ArgumentParser, output: str) -> None:
+    g = p.add_argument_group("experiment")
+    g.add_argument("-o", "--output-dir", default=output, help="default: %(default)s")
+    g.add_argument("--model", default=DEFAULT_MODEL, help="default: %(default)s")
+    g.add_argument("--target", default="word_problems",
+                   help="target task, as for --task of score (default: %(default)s)")
+    g.add_argument("--target-rows", type=int, default=32,
+                   help="labelled target rows to train on: rows 0..N-1 (default %(default)s)")
+    g.add_argument("--eval-rows", type=int, default=64, help="held-out evaluation rows "
+                                                              "(default %(default)s)")
+    g.add_argument("--eval-offset", type=int, default=10_000,
+                   help="first evaluation row of the target (default %(default)s)")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds (default: 0 1 2)")
+    g.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
+    g.add_argument("--learning-rate", type=float, default=5e-5,
+                   help="full-SFT learning rate (default %(default)s)")
+    g.add_argument("--max-length", type=int, default=512, help="tokens per row (default 512)")
+    g.add_argument("--template", default="qa", help="prompt template (default qa)")
+    g.add_argument("--keep-weights", action="store_true",
+                   help="keep every arm's trained weights (default: deleted after evaluation)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _experiment(args):
+    from .experiments import Experiment
+
+    return Experiment(output_dir=args.output_dir, model=args.model, target=args.target,
+                      target_rows=args.target_rows, eval_rows=args.eval_rows,
+                      eval_offset=args.eval_offset, seeds=args.seeds,
+                      batch_size=args.batch_size, learning_rate=args.learning_rate,
+                      max_length=args.max_length, template=args.template,
+                      keep_weights=args.keep_weights, progress=not args.no_progress)
+
+
+def cmd_mix(args) -> int:
+    from .experiments import run_mix
+
+    run_mix(_experiment(args), args.basics, total=args.total, stage1_steps=args.stage1_steps,
+            stage2_steps=args.stage2_steps, delta_rows=args.delta_rows,
+            delta_steps=args.delta_steps, probe_rows=args.probe_rows)
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .experiments import run_select
+
+    run_select(_experiment(args), args.basics, pool_rows=args.pool_rows, n=args.top_n,
+               stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+               similarity=args.similarity)
+    return 0
+
+
+def cmd_modes(args) -> int:
+    from .experiments import run_modes
+
+    run_modes(_experiment(args), steps=args.steps, top_k=args.top_k, lora_r=args.lora_r,
+              learning_rates={"full": args.learning_rate, "lora": args.lr_lora,
+                              "heads": args.lr_heads})
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .tasks import list_builtin_tasks
 
@@ -218,6 +320,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_show)
 
+    p = sub.add_parser("eval", help="accuracy (greedy generation, 95 %% CI) and response "
+                                    "loss on held-out rows",
+                       description="Greedy generation on held-out rows, answers checked by "
+                                   "reasoning-gym's checkers, the '#### N' convention (GSM8K "
+                                   "format) or exact match; plus the mean response-token loss. "
+                                   "--train-run refuses rows that run trained on.")
+    _add_model_args(p)
+    _add_task_args(p)
+    p.add_argument("--train-run", action="append", default=[],
+                   help="a headway train run directory: fail if an evaluation row was one of "
+                        "its training rows (repeatable)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="generation length (default: 1.5 x the longest reference + 8)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per batch (default 16)")
+    p.add_argument("-o", "--output", help="write the result (JSON, with every generation)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    from .experiments import BASIC_TASKS
+
+    p = sub.add_parser("mix", help="pattern-guided basic-task mixture vs random mixture vs "
+                                   "target-only SFT, over seeds",
+                       description="α from fitting the target's ΔAP on the basic tasks' ΔAPs "
+                                   "(NNLS); n_j = N·α_j/Σα basic rows; stage 1 on them, stage 2 "
+                                   "on the scarce target rows; evaluated on held-out target rows "
+                                   "against a uniform random mixture of the same N and "
+                                   "target-only SFT with the same total steps.")
+    _add_experiment_args(p, "experiments/mix")
+    p.add_argument("--basics", nargs="+", default=BASIC_TASKS,
+                   help="basic tasks (default: %(default)s)")
+    p.add_argument("--total", type=int, default=128, help="mixture size N (default 128)")
+    p.add_argument("--stage1-steps", type=int, default=16, help="default %(default)s")
+    p.add_argument("--stage2-steps", type=int, default=16, help="default %(default)s")
+    p.add_argument("--delta-rows", type=int, default=64,
+                   help="training rows of each basic task's ΔAP run (default %(default)s)")
+    p.add_argument("--delta-steps", type=int, default=8,
+                   help="SFT steps of each ΔAP run (default %(default)s)")
+    p.add_argument("--probe-rows", type=int, default=32,
+                   help="held-out probe rows of each basic task (default %(default)s)")
+    p.set_defaults(func=cmd_mix)
+
+    p = sub.add_parser("select", help="train on the pool rows whose pattern is most similar "
+                                      "to the target's, vs random rows, over seeds",
+                       description="Rank a pool (rows of the basic tasks) by the similarity of "
+                                   "each row's per-sample pattern to the target pattern; stage "
+                                   "1 on the top N, stage 2 on the target rows; against N "
+                                   "random pool rows.")
+    _add_experiment_args(p, "experiments/select")
+    p.add_argument("--basics", nargs="+", default=BASIC_TASKS,
+                   help="tasks the pool is drawn from (default: %(default)s)")
+    p.add_argument("--pool-rows", type=int, default=64, help="pool rows per task (default 64)")
+    p.add_argument("--top-n", type=int, default=64, help="rows selected (default 64)")
+    p.add_argument("--stage1-steps", type=int, default=8, help="default %(default)s")
+    p.add_argument("--stage2-steps", type=int, default=16, help="default %(default)s")
+    p.add_argument("--similarity", default="pearson", choices=["pearson", "cosine"])
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("modes", help="head-selective SFT vs LoRA vs full SFT at equal steps",
+                       description="Train the target's top-k heads only (their q/k/v rows and "
+                                   "o columns), LoRA adapters, or every weight, for the same "
+                                   "steps on the same rows; accuracy, response loss, trainable "
+                                   "parameters and time. Each mode uses its own learning rate.")
+    _add_experiment_args(p, "experiments/modes")
+    p.add_argument("--steps", type=int, default=32, help="SFT steps (default 32)")
+    p.add_argument("--top-k", type=int, default=10, help="heads trained (default 10)")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (alpha = 2r; default 8)")
+    p.add_argument("--lr-lora", type=float, default=2e-4, help="default %(default)s")
+    p.add_argument("--lr-heads", type=float, default=5e-4, help="default %(default)s")
+    p.set_defaults(func=cmd_modes)
+
     p = sub.add_parser("analyze", help="the three findings from pattern files and tracked "
                                        "runs: numbers (analysis.json) and figures",
                        description="Concentration and similarity of task patterns; ΔAP, "
@@ -270,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     from .tasks import TaskError
 
     from .analyze import AnalysisError
+    from .evaluation import EvalError
+    from .mixing import MixingError
     from .train import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv
@@ -279,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except (TaskError, ModelError, ScoringError, ConfigError, FileNotFoundError,
-            AnalysisError) as err:
+            AnalysisError, EvalError, MixingError) as err:
         print(f"headway: error: {err}", file=sys.stderr)
         return 2
 

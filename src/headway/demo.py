@@ -14,12 +14,8 @@ less than writing its checkpoints would cost).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import time
 from pathlib import Path
-
-import yaml
 
 DEMO_TASKS = ("arithmetic", "sorting", "syllogism", "word_problems")
 BASIC_TASKS, COMPLEX_TASK = ("arithmetic", "syllogism"), "word_problems"
@@ -37,21 +33,6 @@ def _reusable(path: Path, lm, task) -> bool:
             and meta.get("convention") == "sample")
 
 
-def _finished_run(config) -> bool:
-    from .train import RESUMABLE_CHANGES
-
-    run = Path(config.output_dir)
-    if not (run / "manifest.json").is_file() or not (run / "config.yaml").is_file():
-        return False
-
-    def settings(values: dict) -> dict:
-        return {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
-
-    same = settings(yaml.safe_load((run / "config.yaml").read_text())) == settings(
-        dataclasses.asdict(config))
-    return same and json.loads((run / "manifest.json").read_text()).get("status") == "finished"
-
-
 def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool = True,
              sft_steps: int = 24) -> dict:
     """Run the demo into ``out``; return the analysis (also in ``out/analysis``)."""
@@ -61,7 +42,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     from .scoring import score
     from .storage import atomic_write_bytes
     from .tasks import TaskSpec, load_task
-    from .train import load_config, run_train
+    from .train import finished_run, load_config, run_train
 
     start = time.perf_counter()
     out = Path(out)
@@ -91,7 +72,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
                                  probe_rows=min(32, n), save_final=False,
                                  output_dir=str(out / "runs" / name),
                                  progress=progress)
-            if _finished_run(config):
+            if finished_run(config):
                 print(f"  {name}: reusing the finished run in {config.output_dir}")
             else:
                 run_train(config)

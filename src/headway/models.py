@@ -246,6 +246,8 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
         rev = "gguf-sha256:" + source["gguf_sha256"][:16]
         info["source"] = f"{source['package']}=={source['version']}:{source['gguf']}"
         where = str(path)
+    elif (Path(name) / "adapter_config.json").is_file() and not (Path(name) / "config.json").is_file():
+        return load_adapter(Path(name), dtype, attn_implementation, trust_remote_code, device)
     elif Path(name).is_dir():
         path = Path(name).resolve()
         if not (path / "config.json").is_file():
@@ -281,6 +283,27 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     n_layers, n_heads, head_dim = head_geometry(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=where, revision=rev,
                        n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, info=info)
+
+
+def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None = None,
+                 trust_remote_code: bool = False, device=None) -> LoadedModel:
+    """A PEFT adapter folder (e.g. a LoRA run's ``final/``): its base model
+    (``base_model_name_or_path``) with the adapter merged into the weights."""
+    from peft import PeftModel
+
+    folder = folder.resolve()
+    base_name = json.loads((folder / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path")
+    if not base_name:
+        raise ModelError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+    base = load_model(base_name, dtype, attn_implementation=attn_implementation,
+                      trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().eval()
+    if device is not None:
+        model.to(device)
+    return dataclasses.replace(base, model=model, name=str(folder), path=str(folder),
+                               revision=f"{folder_fingerprint(folder)}+{base.revision}",
+                               info={**base.info, "base_model": base_name})
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

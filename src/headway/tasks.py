@@ -107,10 +107,9 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
         raise TaskError(f"{spec.source}: need offset >= 0 and n >= 1 (got offset={spec.offset}, n={spec.n})")
 
     source = spec.source
-    if source in BUILTIN_TASKS:
-        return _from_generator(spec, BUILTIN_TASKS[source].generator, source)
-    if source.startswith("rg:"):
-        return _from_generator(spec, source[3:], source[3:])
+    generator = generator_name(source)
+    if generator:
+        return _from_generator(spec, generator, source if source in BUILTIN_TASKS else generator)
     path = Path(source).expanduser()
     if path.is_file():
         where = str(path.resolve())
@@ -123,6 +122,26 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
         raise TaskError(f"{source}: no such file or folder")
     where = f"{source} (config={spec.config}, split={spec.split})"
     return _from_table(spec, _load_hub(spec, where), where, source.split("/")[-1])
+
+
+def generator_name(source: str) -> str | None:
+    """The reasoning-gym dataset behind a built-in name or ``rg:<name>``; None otherwise."""
+    if source in BUILTIN_TASKS:
+        return BUILTIN_TASKS[source].generator
+    return source[3:] if source.startswith("rg:") else None
+
+
+def generator_entries(task: Task):
+    """``(dataset, entries)`` of a reasoning-gym task: the generator object (it has
+    ``score_answer``) and the raw entry of each of ``task.examples``; None for other tasks."""
+    import reasoning_gym
+
+    generator = generator_name(task.spec.source)
+    if generator is None:
+        return None
+    dataset = reasoning_gym.create_dataset(generator, size=max(e.index for e in task.examples) + 1,
+                                           seed=task.spec.seed)
+    return dataset, [dataset[e.index] for e in task.examples]
 
 
 def _from_generator(spec: TaskSpec, generator: str, default_name: str) -> Task:

@@ -94,6 +94,9 @@ class TrainConfig:
     probes: list[str] = _f([], "Probe tasks (default: the training task). Rows of the training "
                                "task are taken after the training rows (held out).")
     probe_rows: int = _f(32, "Rows per probe.")
+    probe_train_rows: bool = _f(False, "Probe the training task on its own training rows "
+                                       "instead of held-out rows (for scarce data: the ΔAP is "
+                                       "then in-sample).")
     track_every: int = _f(25, "Record probe APs and parameter change every this many steps "
                               "(0: only at the start and the end).")
     tracking: bool = _f(True, "Record probe patterns and parameter change (false: plain SFT).")
@@ -196,9 +199,12 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
 
     probes = []
     for source in c.probes or [c.task]:
-        offset = c.offset + c.rows if source == c.task else 0
-        task = load_task(_task_spec(c, source, c.probe_rows, offset))
-        if source == c.task:
+        if source == c.task and c.probe_train_rows:
+            task = load_task(_task_spec(c, source, min(c.probe_rows, c.rows), c.offset))
+        else:
+            offset = c.offset + c.rows if source == c.task else 0
+            task = load_task(_task_spec(c, source, c.probe_rows, offset))
+        if source == c.task and not c.probe_train_rows:
             overlap = {e.index for e in task.examples} & {e.index for e in train_task.examples}
             if overlap:
                 raise ConfigError(f"probe rows of {source} overlap its training rows "
@@ -322,7 +328,8 @@ def run_train(c: TrainConfig) -> dict:
                     tracking_seconds=round(tracker.seconds, 2),
                     train_loss=result.training_loss)
     if c.save_final:
-        trainer.save_model(str(run / "final"))  # every process calls it; the main one writes
+        with quiet_hf_progress():  # every process calls it; the main one writes
+            trainer.save_model(str(run / "final"))
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
     return manifest
@@ -331,6 +338,21 @@ def run_train(c: TrainConfig) -> dict:
 # fields that may differ when a run resumes (they do not change what is computed)
 RESUMABLE_CHANGES = {"progress", "resume", "tensorboard", "logging_steps", "save_steps",
                      "save_total_limit", "save_final"}
+
+
+def finished_run(config: TrainConfig) -> bool:
+    """True when ``config.output_dir`` holds a finished run of the same settings (fields in
+    :data:`RESUMABLE_CHANGES` may differ)."""
+    run = Path(config.output_dir)
+    if not (run / "manifest.json").is_file() or not (run / "config.yaml").is_file():
+        return False
+
+    def settings(values: dict) -> dict:
+        return {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
+
+    same = settings(yaml.safe_load((run / "config.yaml").read_text()) or {}) == settings(
+        dataclasses.asdict(config))
+    return same and json.loads((run / "manifest.json").read_text()).get("status") == "finished"
 
 
 def _check_same_run(config_file: Path, c: TrainConfig) -> None:
