@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -208,6 +208,17 @@ def _add_experiment_args(p: argparse.ArgumentParser, output: str) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_two_stage_args(p: argparse.ArgumentParser, basics: str, stage1_steps: int) -> None:
+    from .experiments import BASIC_TASKS
+
+    p.add_argument("--basics", nargs="+", default=BASIC_TASKS,
+                   help=f"{basics} (default: %(default)s)")
+    p.add_argument("--stage1-steps", type=int, default=stage1_steps,
+                   help="steps on the basic-task rows (default %(default)s)")
+    p.add_argument("--stage2-steps", type=int, default=16,
+                   help="steps on the target rows after stage 1 (default %(default)s)")
+
+
 def _experiment(args):
     from .experiments import Experiment
 
@@ -338,8 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
-    from .experiments import BASIC_TASKS
-
     p = sub.add_parser("mix", help="pattern-guided basic-task mixture vs random mixture vs "
                                    "target-only SFT, over seeds",
                        description="α from fitting the target's ΔAP on the basic tasks' ΔAPs "
@@ -348,11 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "against a uniform random mixture of the same N and "
                                    "target-only SFT with the same total steps.")
     _add_experiment_args(p, "experiments/mix")
-    p.add_argument("--basics", nargs="+", default=BASIC_TASKS,
-                   help="basic tasks (default: %(default)s)")
+    _add_two_stage_args(p, "basic tasks", stage1_steps=16)
     p.add_argument("--total", type=int, default=128, help="mixture size N (default 128)")
-    p.add_argument("--stage1-steps", type=int, default=16, help="default %(default)s")
-    p.add_argument("--stage2-steps", type=int, default=16, help="default %(default)s")
     p.add_argument("--delta-rows", type=int, default=64,
                    help="training rows of each basic task's ΔAP run (default %(default)s)")
     p.add_argument("--delta-steps", type=int, default=8,
@@ -368,12 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "1 on the top N, stage 2 on the target rows; against N "
                                    "random pool rows.")
     _add_experiment_args(p, "experiments/select")
-    p.add_argument("--basics", nargs="+", default=BASIC_TASKS,
-                   help="tasks the pool is drawn from (default: %(default)s)")
+    _add_two_stage_args(p, "tasks the pool is drawn from", stage1_steps=8)
     p.add_argument("--pool-rows", type=int, default=64, help="pool rows per task (default 64)")
     p.add_argument("--top-n", type=int, default=64, help="rows selected (default 64)")
-    p.add_argument("--stage1-steps", type=int, default=8, help="default %(default)s")
-    p.add_argument("--stage2-steps", type=int, default=16, help="default %(default)s")
     p.add_argument("--similarity", default="pearson", choices=["pearson", "cosine"])
     p.set_defaults(func=cmd_select)
 
@@ -437,13 +440,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .models import ModelError
-    from .scoring import ScoringError
-    from .tasks import TaskError
-
     from .analyze import AnalysisError
     from .evaluation import EvalError
     from .mixing import MixingError
+    from .models import ModelError
+    from .scoring import ScoringError
+    from .tasks import TaskError
     from .train import ConfigError
 
     argv = sys.argv[1:] if argv is None else argv

@@ -228,6 +228,8 @@ def table_markdown(summary: dict) -> str:
 
 
 def _finish(e: Experiment, kind: str, results: list[dict], comparisons, extra: dict) -> dict:
+    from .html_report import write_experiment_report
+    from .report import arms_figure
     from .storage import atomic_write_bytes, atomic_write_json
 
     summary = summarise(results, comparisons)
@@ -238,8 +240,12 @@ def _finish(e: Experiment, kind: str, results: list[dict], comparisons, extra: d
     atomic_write_json(e.out / "results.json", out)
     text = table_markdown(summary)
     atomic_write_bytes(e.out / "table.md", text.encode())
+    arms_figure(summary, e.out / "results.png", title=f"{kind.removesuffix('Results')}: "
+                                                      f"{e.target} on {e.model}")
+    report = write_experiment_report(e.out)
     print(text)
-    print(f"results in {e.out / 'results.json'} and {e.out / 'table.md'}")
+    print(f"results in {e.out / 'results.json'}, {e.out / 'table.md'}; figure "
+          f"{e.out / 'results.png'}; open {report} in a browser")
     return out
 
 

@@ -1,5 +1,6 @@
 """``headway report``: one self-contained HTML file (images inline) from ``headway analyze``'s
-output folder. Opens from disk, without a server or network."""
+output folder, or from a ``headway mix | select | modes`` experiment folder. Opens from disk,
+without a server or network."""
 
 from __future__ import annotations
 
@@ -50,9 +51,75 @@ def _figures(folder: Path, figures: list[dict], prefix: str) -> str:
     return "".join(parts)
 
 
-def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
-    """Write ``folder/report.html`` (or ``path``) from ``folder/analysis.json``."""
+def _image(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{html.escape(caption)}</figcaption></figure>')
+
+
+EXPERIMENT_TITLES = {
+    "headway.MixResults": "Pattern-guided basic-task mixture",
+    "headway.SelectResults": "Pattern-similarity data selection",
+    "headway.ModesResults": "Head-selective SFT against LoRA and full SFT",
+}
+
+
+def write_experiment_report(folder: str | Path, path: str | Path | None = None) -> Path:
+    """Write ``folder/report.html`` (or ``path``) from an experiment's ``results.json``."""
     folder = Path(folder)
+    r = json.loads((folder / "results.json").read_text())
+    e, summary = r["experiment"], r["summary"]
+    title = EXPERIMENT_TITLES.get(r["kind"], r["kind"])
+    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+           f"<title>headway: {html.escape(title)}</title>",
+           f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+           f"<p class='note'>Model {html.escape(e['model'])}; target {html.escape(e['target'])}"
+           f" ({e['target_rows']} training rows); evaluated on {e['eval_rows']} held-out rows "
+           f"from row {e['eval_offset']}; seeds {e['seeds']}. Every number is in results.json "
+           f"beside this file.</p>"]
+    if "alpha" in r:
+        a = r["alpha"]
+        out.append("<h2>Composition weights and mixture</h2>")
+        out.append(_table(["basic task", "α (NNLS)", "α (least squares)", "rows in the mixture"],
+                          [[b, x, y, c] for b, x, y, c in zip(
+                              a["basics"], a["alpha"], a["alpha_unconstrained"], a["counts"])]))
+        out.append(f"<p>R² of the fit: {_num(a['r2'])} (uncentred {_num(a['r2_uncentered'])})."
+                   f"</p>")
+    if "selected_by_task" in r:
+        out.append("<h2>Selected rows by task</h2>")
+        out.append(_table(["task", "rows selected"], list(r["selected_by_task"].items())))
+    if "heads" in r:
+        out.append(f"<h2>Heads trained</h2><p>{html.escape(' '.join(r['heads']))}; learning "
+                   f"rates {html.escape(json.dumps(r.get('learning_rates', {})))}</p>")
+    out.append("<h2>Arms</h2>")
+    out.append(_table(
+        ["arm", "seeds", "accuracy mean", "accuracy sd", "response loss mean",
+         "response loss sd", "steps", "trainable parameters", "train time (s)"],
+        [[n, len(a["seeds"]), a["accuracy"]["mean"], a["accuracy"]["sd"],
+          a["response_loss"]["mean"], a["response_loss"]["sd"], a["steps"],
+          a["n_trainable_parameters"], round(a["train_seconds"]["mean"], 1)]
+         for n, a in summary["arms"].items()]))
+    if summary["paired"]:
+        out.append("<h3>Paired differences (same seed)</h3>")
+        out.append(_table(
+            ["method − baseline", "seeds", "Δ response loss mean", "sd", "Δ accuracy mean",
+             "seeds with lower loss"],
+            [[f"{p['method']} − {p['baseline']}", p["n_seeds"], p["loss_difference"]["mean"],
+              p["loss_difference"]["sd"], p["accuracy_difference"]["mean"],
+              p["method_lower_loss_seeds"]] for p in summary["paired"]]))
+    if (folder / "results.png").is_file():
+        out.append(_image(folder / "results.png", "Mean over seeds (bars), ±1 sd (whiskers), "
+                                                  "each seed (dots)."))
+    out.append("</body></html>")
+    return atomic_write_bytes(path or folder / "report.html", "\n".join(out).encode())
+
+
+def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
+    """Write ``folder/report.html`` (or ``path``) from ``folder/analysis.json``, or from
+    ``folder/results.json`` of an experiment."""
+    folder = Path(folder)
+    if (folder / "results.json").is_file() and not (folder / "analysis.json").is_file():
+        return write_experiment_report(folder, path)
     analysis_file = folder / "analysis.json"
     if not analysis_file.is_file():
         raise FileNotFoundError(f"no analysis.json in {folder}; run `headway analyze` first")

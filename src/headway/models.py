@@ -13,13 +13,13 @@ The *head slice* of layer l is the input of its attention output projection, sha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
