@@ -73,7 +73,7 @@ def test_similarity_ranking_hand_built():
     assert sim[0] == pytest.approx(1.0)
     assert sim[1] == pytest.approx(np.corrcoef(target[::-1].ravel(), target.ravel())[0, 1])
     assert sim[2] == 0.0
-    assert top_n(sim, 2) == [0, 2] if sim[1] < 0 else [0, 1]
+    assert sim[1] < 0 and top_n(sim, 2) == [0, 2]
     assert similarity_ranking(samples, target, "cosine")[0] == pytest.approx(1.0)
     with pytest.raises(MixingError):
         top_n(sim, 4)
@@ -126,6 +126,27 @@ def test_wilson_interval():
 
 
 # ---------------------------------------------------------------- no overlap
+
+
+def test_reasoning_gym_rows_alias_across_seeds_and_the_check_sees_it():
+    # reasoning-gym builds row i of seed S from Random(S + i): row 0 of seed 1 is row 1 of seed 0
+    assert (load_task("arithmetic", n=3, seed=1).examples[0].prompt
+            == load_task("arithmetic", n=3, offset=1).examples[0].prompt)
+    evaluation = load_task("arithmetic", n=4, seed=1)  # rows 0..3 of seed 1 = rows 1..4 of seed 0
+    trained = load_task("arithmetic", n=3)  # rows 0..2 of seed 0
+    with pytest.raises(EvalError, match=r"rows \[0, 1\]"):
+        check_disjoint(evaluation, [(trained.source, [e.index for e in trained.examples])])
+
+
+def test_batched_generation_equals_one_row_at_a_time(llama_dir):
+    from headway.evaluation import generate
+    from headway.models import load_model
+
+    lm = load_model(str(llama_dir))
+    prompts = [f"Question: {e.prompt}\nAnswer: " for e in load_task("chain_sum", n=5).examples]
+    batched = generate(lm, prompts, 6, batch_size=5, progress=False)
+    single = [generate(lm, [p], 6, batch_size=1, progress=False)[0] for p in prompts]
+    assert batched == single and any(batched)
 
 
 def test_check_disjoint_names_overlapping_rows():
@@ -203,14 +224,29 @@ def test_mix_end_to_end_and_resume(llama_dir, tmp_path, capsys):
     assert capsys.readouterr().out.count("reusing") == 3 + 1 + 3 * 2
 
 
+def test_experiment_refuses_evaluation_rows_that_are_training_rows(llama_dir, tmp_path, capsys):
+    assert main(["modes", "--model", str(llama_dir), *COMMON, "--eval-offset", "6", "--seeds",
+                 "0", "-o", str(tmp_path / "m")]) == 2
+    assert "rows [6, 7]" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "arms").exists()  # refused before any training
+
+
 def test_select_end_to_end(llama_dir, tmp_path):
     out = tmp_path / "select"
     assert main(["select", "--model", str(llama_dir), *COMMON, "--basics", "arithmetic",
                  "sorting", "--seeds", "0", "--pool-rows", "6", "--top-n", "4",
                  "--stage1-steps", "1", "--stage2-steps", "1", "-o", str(out)]) == 0
     ranking = json.loads((out / "selection" / "ranking.json").read_text())
-    sims = [r["similarity"] for r in ranking["ranking"]]
-    assert len(sims) == 12 and sims == sorted(sims, reverse=True)
+    assert len(ranking["ranking"]) == 12
+    # the ranking's similarities are those of the stored per-row patterns to the target's
+    from headway.patterns import ActivationPattern
+    target = ActivationPattern.load(out / "selection" / "target").scores
+    for task in ("arithmetic", "sorting"):
+        pool = ActivationPattern.load(out / "selection" / "pool" / task)
+        expected = dict(zip(pool.index.tolist(), similarity_ranking(pool.per_sample, target)))
+        for r in ranking["ranking"]:
+            if r["task"] == task:
+                assert r["similarity"] == pytest.approx(expected[r["row"]])
     chosen = [json.loads(x) for x in (out / "arms" / "selected-seed0" / "data.jsonl")
               .read_text().splitlines()]
     top = {(r["task"], r["row"]) for r in ranking["ranking"][:4]}

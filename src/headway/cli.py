@@ -146,7 +146,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import EvalSettings, check_disjoint, duplicate_prompts, evaluate
+    from .evaluation import (EvalError, EvalSettings, check_disjoint, duplicate_prompts,
+                             evaluate)
     from .experiments import trained_rows
     from .storage import atomic_write_json
     from .tasks import TaskSpec
@@ -157,13 +158,16 @@ def cmd_eval(args) -> int:
         manifest = Path(run) / "manifest.json"
         if not manifest.is_file():
             raise FileNotFoundError(f"{manifest}: not a headway train run directory")
-        rows, run_prompts = trained_rows(TaskSpec(**json.loads(manifest.read_text())
-                                                  ["train_task"]["spec"]))
+        try:
+            spec = TaskSpec(**json.loads(manifest.read_text())["train_task"]["spec"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise EvalError(f"{manifest}: no readable train_task.spec ({err!r})") from err
+        rows, run_prompts = trained_rows(spec)
         used += rows
         prompts += run_prompts
     check_disjoint(task, used)
     lm = _load_model(args)
-    result = evaluate(lm, task, EvalSettings(args.template, args.max_length,
+    result = evaluate(lm, task, EvalSettings(args.template, args.max_length, args.overlong,
                                              args.max_new_tokens, args.batch_size),
                       progress=not args.no_progress)
     result["model"] = lm.describe()
@@ -173,7 +177,7 @@ def cmd_eval(args) -> int:
     print(f"{task.name} on {lm.name}: accuracy {result['accuracy']:.3f} "
           f"({result['correct']}/{result['n']}; 95 % CI {low:.3f}-{high:.3f}), mean checker "
           f"score {result['mean_score']:.3f}, response loss {result['response_loss']:.4f} "
-          f"nats/token; checker {result['checker']}")
+          f"nats (mean over rows); checker {result['checker']}")
     if args.train_run:
         print(f"no evaluation row is a training row of {', '.join(args.train_run)}; "
               f"{result['n_eval_prompts_seen_in_training']} evaluation prompts also occur "
@@ -197,7 +201,10 @@ def _add_experiment_args(p: argparse.ArgumentParser, output: str) -> None:
     g.add_argument("--eval-offset", type=int, default=10_000,
                    help="first evaluation row of the target (default %(default)s)")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="training seeds (default: 0 1 2)")
+                   help="seeds (default: 0 1 2): each arm runs once per seed. A seed sets the "
+                        "training seed; in mix also the basic rows drawn and the random "
+                        "mixture, in select the random rows. Target and evaluation rows stay "
+                        "the same")
     g.add_argument("--batch-size", type=int, default=8, help="rows per step (default 8)")
     g.add_argument("--learning-rate", type=float, default=5e-5,
                    help="full-SFT learning rate (default %(default)s)")

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 GSM_MARK = "####"
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
+_RG_SOURCE = re.compile(r"^reasoning_gym:(.+)\(seed=(-?\d+)\)$")
 
 
 class EvalError(ValueError):
@@ -74,7 +75,10 @@ def answer_checker(task) -> tuple[str, Callable[[int, str, str], float]]:
 
         def check_rg(position: int, generated: str, reference: str) -> float:
             answer = extract_answer(generated, reference)
-            return float(dataset.score_answer(answer=answer, entry=rows[position]) or 0.0)
+            try:
+                return float(dataset.score_answer(answer=answer, entry=rows[position]) or 0.0)
+            except Exception:  # a checker that cannot parse the answer: the answer is wrong
+                return 0.0
 
         return "reasoning_gym", check_rg
     if all(GSM_MARK in e.response for e in task.examples):
@@ -105,13 +109,18 @@ def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[flo
 
 @torch.no_grad()
 def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-             progress: bool = True) -> list[str]:
+             progress: bool = True, add_special_tokens: bool = True) -> list[str]:
     """Greedy continuations of already-templated ``prompts`` (left-padded batches, longest
-    first); each is cut at the first EOS and decoded without special tokens."""
+    first); each is cut at the first end-of-sequence token (the tokenizer's EOS or any of the
+    generation config's) and decoded without special tokens. ``add_special_tokens`` as in
+    :func:`headway.tasks.encode_examples` (False for chat-templated prompts)."""
     from tqdm.auto import tqdm
 
     tok, model = lm.tokenizer, lm.model
     device = next(model.parameters()).device
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops = {tok.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+    stops = sorted(t for t in stops if t is not None)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     side = tok.padding_side
@@ -122,13 +131,13 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 
             for start in range(0, len(order), batch_size):
                 rows = order[start:start + batch_size]
                 batch = tok([prompts[i] for i in rows], return_tensors="pt", padding=True,
-                            add_special_tokens=True).to(device)
+                            add_special_tokens=add_special_tokens).to(device)
                 ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                                     pad_token_id=tok.pad_token_id, eos_token_id=stops)
                 for i, seq in zip(rows, ids[:, batch["input_ids"].shape[1]:]):
                     seq = seq.tolist()
-                    if tok.eos_token_id in seq:
-                        seq = seq[:seq.index(tok.eos_token_id)]
+                    ends = [seq.index(t) for t in stops if t in seq]
+                    seq = seq[:min(ends)] if ends else seq
                     out[i] = tok.decode(seq, skip_special_tokens=True)
                 bar.update(len(rows))
     finally:
@@ -143,13 +152,15 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 
 class EvalSettings:
     template: str = "qa"
     max_length: int = 1024
+    overlong: str = "truncate"  # rows over max_length, for the response loss
     max_new_tokens: int | None = None  # None: 1.5 x the longest reference answer + 8 tokens
     batch_size: int = 16
 
 
 def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = True) -> dict:
-    """Accuracy (greedy), its 95 % Wilson interval, mean checker score and mean response-token
-    loss (nats/token; lower is better) of ``lm`` on ``task``; per-row records included."""
+    """Accuracy (greedy), its 95 % Wilson interval, mean checker score and the response loss
+    (each row's mean response-token loss in nats, averaged over rows; lower is better) of
+    ``lm`` on ``task``; per-row records included."""
     from .ablation import mean_loss
     from .tasks import encode_examples, render_prompt, task_record
 
@@ -162,10 +173,11 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
                                  add_special_tokens=False)["input_ids"]
     max_new = s.max_new_tokens or int(1.5 * max(len(a) for a in answer_tokens)) + 8
     prompts = [render_prompt(e.prompt, s.template, lm.tokenizer) for e in examples]
-    generated = generate(lm, prompts, max_new, s.batch_size, progress)
+    generated = generate(lm, prompts, max_new, s.batch_size, progress,
+                         add_special_tokens=s.template != "chat")
     scores = [check(i, g, e.response) for i, (g, e) in enumerate(zip(generated, examples))]
     correct = sum(score >= 1.0 for score in scores)
-    encoded, _ = encode_examples(examples, lm.tokenizer, s.template, s.max_length, "truncate",
+    encoded, _ = encode_examples(examples, lm.tokenizer, s.template, s.max_length, s.overlong,
                                  task.source)
     loss = mean_loss(lm.model, encoded, lm.tokenizer.pad_token_id, s.batch_size)
     low, high = wilson_interval(correct, len(examples))
@@ -179,22 +191,34 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     }
 
 
+def row_keys(source: str, indices: Iterable[int]) -> set[tuple[str, int]]:
+    """Keys that identify rows across seeds: reasoning-gym builds row i of seed S from
+    ``Random(S + i)``, so its rows are keyed ``(generator, S + i)`` (row 4 of seed 1 is row 5
+    of seed 0); other sources ``(source, i)``."""
+    match = _RG_SOURCE.match(source)
+    if match:
+        name, seed = match.group(1), int(match.group(2))
+        return {(f"reasoning_gym:{name}", seed + i) for i in indices}
+    return {(source, i) for i in indices}
+
+
 def check_disjoint(eval_task, used: Iterable[tuple[str, Iterable[int]]]) -> None:
     """Raise :class:`EvalError` if a row of ``eval_task`` was trained on.
 
     ``used`` holds ``(source, row indices)`` of every training set, ``source`` being
     ``Task.source`` (it names the file, the dataset split, or the generator and its seed).
+    Rows are compared by :func:`row_keys`, so a reasoning-gym row reached through another
+    seed counts as the same row.
     """
-    mine = {e.index for e in eval_task.examples}
+    mine = {key: e.index for e in eval_task.examples
+            for key in row_keys(eval_task.source, [e.index])}
     for source, indices in used:
-        if source != eval_task.source:
-            continue
-        overlap = sorted(mine & set(indices))
+        overlap = sorted(mine[k] for k in row_keys(source, indices) if k in mine)
         if overlap:
             raise EvalError(f"{eval_task.source}: evaluation rows {overlap[:8]}"
                             f"{' ...' if len(overlap) > 8 else ''} ({len(overlap)} in all) were "
-                            f"also training rows; take evaluation rows after the training rows "
-                            f"(a larger offset)")
+                            f"also training rows (of {source}); take evaluation rows after the "
+                            f"training rows (a larger offset)")
 
 
 def duplicate_prompts(eval_task, train_prompts: Iterable[str]) -> int:

@@ -15,8 +15,13 @@ Experiment folder::
     arms/ARM-seedS/             data.jsonl (stage-1 rows), stage1/, stage2/, result.json
     results.json, table.md      per arm mean ± sd over seeds; paired differences
 
-Finished arms are reused when their settings match (an interrupted experiment resumes at the
-arm it was in); trained weights are deleted after evaluation unless ``keep_weights``.
+Finished arms are reused when their settings match; an interrupted experiment starts the arm
+it was in again. Trained weights are deleted after evaluation unless ``keep_weights``.
+
+What a seed changes: the training seed (data order, LoRA initialisation) of every arm; in
+``mix`` also the basic-task rows drawn (rows ``seed·N ...`` of generator seed
+:data:`MIX_SEED`) and the random mixture's counts; in ``select`` the random rows. The target
+rows, the evaluation rows, α and the selected rows are the same for every seed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ import numpy as np
 
 BASIC_TASKS = ["arithmetic", "chain_sum", "sorting", "syllogism", "leg_counting"]
 BASE_ARM = "base"  # the model before any training
-MIX_SEED_OFFSET, POOL_SEED = 1000, 2000  # generator seeds of mixture and pool rows
+# generator seeds of mixture and pool rows (reasoning-gym row i of seed S is Random(S + i):
+# far apart, so the two never share rows with each other or with seed-0 rows)
+MIX_SEED, POOL_SEED = 100_000, 200_000
 
 
 @dataclass
@@ -71,9 +78,30 @@ def _train_config(e: Experiment, output_dir: Path, **fields):
 
 
 def eval_task(e: Experiment):
+    """The evaluation rows; refused at once if they overlap the target's training rows."""
+    from .evaluation import check_disjoint
     from .tasks import TaskSpec, load_task
 
-    return load_task(TaskSpec(e.target, n=e.eval_rows, offset=e.eval_offset, seed=0))
+    evaluation = load_task(TaskSpec(e.target, n=e.eval_rows, offset=e.eval_offset, seed=0))
+    target = target_task(e)
+    check_disjoint(evaluation, [(target.source, [x.index for x in target.examples])])
+    return evaluation
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_not_target(e: Experiment, basics: list[str]) -> None:
+    from .mixing import MixingError
+    from .tasks import TaskSpec, load_task
+
+    target = target_task(e).source
+    for b in basics:
+        if load_task(TaskSpec(b, n=1)).source.split("(")[0] == target.split("(")[0]:
+            raise MixingError(f"basic task {b!r} is the target {e.target!r} itself")
 
 
 def target_task(e: Experiment):
@@ -111,7 +139,8 @@ def run_arm(e: Experiment, name: str, seed: int, stages: list[dict], evaluation,
     from .mixing import write_rows
     from .models import load_model
     from .storage import atomic_write_json
-    from .train import finished_run, run_train
+    from .evaluation import EvalSettings
+    from .train import run_train
 
     arm = e.out / "arms" / f"{name}-seed{seed}"
     key = {"model": e.model, "stages": stages, "data": data, "eval": eval_key(e),
@@ -124,7 +153,7 @@ def run_arm(e: Experiment, name: str, seed: int, stages: list[dict], evaluation,
             print(f"  {name} seed {seed}: reusing {result_file}")
             return result
     if arm.exists():
-        shutil.rmtree(arm)  # settings changed: nothing in it belongs to this arm
+        shutil.rmtree(arm)  # unfinished, or other settings: start the arm again
     arm.mkdir(parents=True)
     if data is not None:
         write_rows(data, arm / "data.jsonl", seed)
@@ -142,12 +171,12 @@ def run_arm(e: Experiment, name: str, seed: int, stages: list[dict], evaluation,
         config = _train_config(e, arm / f"stage{k}", model=model, seed=seed, **stage)
         print(f"  {name} seed {seed}: stage {k}/{len(stages)}: {config.max_steps} steps "
               f"({config.mode}) on {Path(config.task).name} ({config.rows} rows)")
-        if not (finished_run(config) and (arm / f"stage{k}" / "final").is_dir()):
-            run_train(config)
+        run_train(config)
         manifests.append(json.loads((arm / f"stage{k}" / "manifest.json").read_text()))
         model = str(arm / f"stage{k}" / "final")
-    lm = load_model(model)
-    result = evaluate(lm, evaluation, progress=e.progress)
+    lm = load_model(model, device=_device())
+    result = evaluate(lm, evaluation, EvalSettings(template=e.template, max_length=e.max_length),
+                      progress=e.progress)
     result.update(
         arm=name, seed=seed, key=key,
         n_eval_prompts_seen_in_training=duplicate_prompts(evaluation, prompts),
@@ -178,7 +207,7 @@ def summarise(results: list[dict], comparisons: list[tuple[str, str]]) -> dict:
 
     def stats(values) -> dict:
         v = np.asarray(values, dtype=np.float64)
-        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
                 "values": v.tolist()}
 
     table = {name: {"seeds": [r["seed"] for r in rs],
@@ -206,9 +235,10 @@ def summarise(results: list[dict], comparisons: list[tuple[str, str]]) -> dict:
 def table_markdown(summary: dict) -> str:
     """The summary as Markdown tables."""
     def pm(s, digits):
-        return f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
+        sd = "" if s["sd"] is None else f" ± {s['sd']:.{digits}f}"
+        return f"{s['mean']:.{digits}f}{sd}"
 
-    lines = ["| arm | seeds | accuracy | response loss (nats/token) | steps | trainable "
+    lines = ["| arm | seeds | accuracy | response loss (nats) | steps | trainable "
              "parameters | train time (s) |", "|---|---|---|---|---|---|---|"]
     for name, a in summary["arms"].items():
         lines.append(f"| {name} | {len(a['seeds'])} | {pm(a['accuracy'], 3)} | "
@@ -222,8 +252,8 @@ def table_markdown(summary: dict) -> str:
                          f"{pm(p['loss_difference'], 4)} | {pm(p['accuracy_difference'], 3)} | "
                          f"{p['method_lower_loss_seeds']} of {p['n_seeds']} |")
     lines += ["", "Mean ± sample standard deviation over seeds; accuracy is greedy-decoding "
-                  "exact answers on the held-out evaluation rows; response loss is the mean "
-                  "response-token loss on the same rows (lower is better)."]
+                  "exact answers on the held-out evaluation rows; response loss is each row's "
+                  "mean response-token loss, averaged over the same rows (lower is better)."]
     return "\n".join(lines) + "\n"
 
 
@@ -303,8 +333,7 @@ def run_mix(e: Experiment, basics: list[str], total: int = 128, stage1_steps: in
     from .storage import atomic_write_json
     from .tasks import TaskSpec, load_task
 
-    if e.target in basics:
-        raise ValueError(f"the target {e.target!r} is also among the basic tasks")
+    _check_not_target(e, basics)
     _start(e, "mix", {"basics": basics, "total": total, "stage1_steps": stage1_steps,
                       "stage2_steps": stage2_steps, "delta_rows": delta_rows,
                       "delta_steps": delta_steps, "probe_rows": probe_rows})
@@ -330,7 +359,7 @@ def run_mix(e: Experiment, basics: list[str], total: int = 128, stage1_steps: in
     results = [_base_result(e, evaluation)]
     target_stage = {"task": e.target, "rows": e.target_rows, "max_steps": stage2_steps}
     for seed in e.seeds:
-        pool = [load_task(TaskSpec(b, n=total, seed=MIX_SEED_OFFSET + seed, shuffle=True))
+        pool = [load_task(TaskSpec(b, n=total, offset=seed * total, seed=MIX_SEED, shuffle=True))
                 for b in basics]
         for name, arm_counts in (("pattern_mix", counts),
                                  ("random_mix", random_counts(len(basics), total, seed))):
@@ -361,6 +390,7 @@ def run_select(e: Experiment, basics: list[str], pool_rows: int = 64, n: int = 6
     from .storage import atomic_write_json
     from .tasks import TaskSpec, load_task
 
+    _check_not_target(e, basics)
     _start(e, "select", {"basics": basics, "pool_rows": pool_rows, "n": n,
                          "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
                          "similarity": similarity})
@@ -368,7 +398,7 @@ def run_select(e: Experiment, basics: list[str], pool_rows: int = 64, n: int = 6
     folder = e.out / "selection"
     print(f"headway select 1/3: pattern of {e.target} ({e.target_rows} rows) and per-row "
           f"patterns of the pool ({pool_rows} rows of each of {', '.join(basics)})")
-    lm = load_model(e.model)
+    lm = load_model(e.model, device=_device())
     settings = dict(template=e.template, max_length=e.max_length, batch_size=batch_size,
                     progress=e.progress)
     target = score(lm, target_task(e), save_to=folder / "target", **settings)
@@ -424,7 +454,7 @@ def run_modes(e: Experiment, steps: int = 32, top_k: int = 10,
     _start(e, "modes", {"steps": steps, "top_k": top_k, "learning_rates": lrs, "lora_r": lora_r})
     evaluation = eval_task(e)
     print(f"headway modes 1/3: pattern of {e.target} on its {e.target_rows} training rows")
-    lm = load_model(e.model)
+    lm = load_model(e.model, device=_device())
     path = e.out / "heads" / "target"
     score(lm, target_task(e), template=e.template, max_length=e.max_length,
           progress=e.progress, save_to=path)

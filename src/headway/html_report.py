@@ -23,7 +23,9 @@ figure{margin:1em 0} figcaption{font-size:.85em;color:#555} img{max-width:100%}
 
 
 def _num(x, digits: int = 3) -> str:
-    if isinstance(x, bool) or x is None:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
         return html.escape(str(x))
     if isinstance(x, int):
         return str(x)

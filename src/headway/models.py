@@ -292,13 +292,18 @@ def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None 
     from peft import PeftModel
 
     folder = folder.resolve()
-    base_name = json.loads((folder / "adapter_config.json").read_text()).get(
-        "base_model_name_or_path")
+    try:
+        base_name = json.loads((folder / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{folder}/adapter_config.json: cannot read it: {err}") from err
     if not base_name:
         raise ModelError(f"{folder}/adapter_config.json names no base_model_name_or_path")
     base = load_model(base_name, dtype, attn_implementation=attn_implementation,
                       trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().eval()
+    # an adapter trained on top of this merged model must name this folder as its base
+    model.config._name_or_path = model.name_or_path = str(folder)
     if device is not None:
         model.to(device)
     return dataclasses.replace(base, model=model, name=str(folder), path=str(folder),

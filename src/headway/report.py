@@ -138,28 +138,27 @@ def scatter_fit(predicted, measured, path: str | Path, xlabel: str = "", ylabel:
 
 
 def arms_figure(summary: dict, path: str | Path, title: str = "") -> Path:
-    """Experiment arms side by side: response loss and accuracy, bars at the mean over
-    seeds with ±1 sd whiskers and one dot per seed (``summary`` from
-    :func:`headway.experiments.summarise`)."""
+    """Experiment arms side by side: response loss and accuracy; a diamond at the mean over
+    seeds with ±1 sd whiskers, and one dot per seed (``summary`` from
+    :func:`headway.experiments.summarise`). Points, not bars: the loss axis does not start at
+    zero."""
     names = list(summary["arms"])
     fig, axes = plt.subplots(1, 2, figsize=(2.5 + 2.2 * len(names), 3.6), layout="constrained")
-    for ax, key, label in ((axes[0], "response_loss", "response loss (nats/token, lower is "
-                                                      "better)"),
+    for ax, key, label in ((axes[0], "response_loss", "response loss (nats, lower is better)"),
                            (axes[1], "accuracy", "accuracy (greedy)")):
         stats = [summary["arms"][n][key] for n in names]
         x = np.arange(len(names))
-        ax.bar(x, [s["mean"] for s in stats], yerr=[s["sd"] for s in stats], capsize=4,
-               color="tab:blue", alpha=0.7)
+        ax.errorbar(x, [s["mean"] for s in stats], yerr=[s["sd"] or 0.0 for s in stats],
+                    fmt="D", color="tab:blue", capsize=5, markersize=7, zorder=2)
         for i, s in enumerate(stats):
-            ax.scatter(np.full(len(s["values"]), i), s["values"], color="black", s=10, zorder=3)
+            ax.scatter(np.full(len(s["values"]), i + 0.12), s["values"], color="black", s=10,
+                       zorder=3)
         ax.set_xticks(x, names, rotation=20, ha="right")
+        ax.set_xlim(-0.5, len(names) - 0.5)
         ax.set(ylabel=label)
-        low = min(min(s["values"]) for s in stats)
-        high = max(max(s["values"]) + s["sd"] for s in stats)
-        if key == "response_loss":  # zoom in: the differences are small next to the loss
-            span = high - low + 1e-9
-            ax.set_ylim(max(0.0, low - 0.15 * span), high + 0.1 * span)
-        else:
+        ax.grid(axis="y", alpha=0.3)
+        if key == "accuracy":
+            high = max(max(s["values"]) + (s["sd"] or 0.0) for s in stats)
             ax.set_ylim(0, min(1.0, max(0.05, 1.2 * high)))
     fig.suptitle(title)
     return _save(fig, path)

@@ -92,7 +92,8 @@ class TrainConfig:
     save_final: bool = _f(True, "Save the trained weights to output_dir/final.")
     # tracking
     probes: list[str] = _f([], "Probe tasks (default: the training task). Rows of the training "
-                               "task are taken after the training rows (held out).")
+                               "task are taken after the training rows (held out), unless "
+                               "probe_train_rows.")
     probe_rows: int = _f(32, "Rows per probe.")
     probe_train_rows: bool = _f(False, "Probe the training task on its own training rows "
                                        "instead of held-out rows (for scarce data: the ΔAP is "
@@ -193,7 +194,8 @@ def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
 
 
 def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
-    """Probe tasks, encoded. The training task's probe rows follow its training rows."""
+    """Probe tasks, encoded. The training task's probe rows follow its training rows, or are
+    its training rows with ``probe_train_rows``."""
     from .tasks import encode_examples, load_task, task_record
     from .tracking import Probe
 
@@ -241,6 +243,8 @@ def run_train(c: TrainConfig) -> dict:
         _check_same_run(run / "config.yaml", c)
     if state.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
+        # a finished manifest beside a new config would make the run look finished
+        (run / "manifest.json").unlink(missing_ok=True)
         atomic_write_bytes(run / "config.yaml",
                            yaml.safe_dump(dataclasses.asdict(c), sort_keys=False).encode())
         if resume_from is None:
