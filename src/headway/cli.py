@@ -146,8 +146,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import (EvalError, EvalSettings, check_disjoint, duplicate_prompts,
-                             evaluate)
+    from .evaluation import (
+        EvalError,
+        EvalSettings,
+        check_disjoint,
+        duplicate_prompts,
+        evaluate,
+    )
     from .experiments import trained_rows
     from .storage import atomic_write_json
     from .tasks import TaskSpec

@@ -135,11 +135,10 @@ def run_arm(e: Experiment, name: str, seed: int, stages: list[dict], evaluation,
     """Train ``stages`` in turn (TrainConfig fields; ``seed`` is the training seed), then
     evaluate on ``evaluation`` (a Task). ``data``: rows of ``ARM/data.jsonl``, written first
     (stages refer to it as ``"{data}"``). Returns the result (also ``ARM/result.json``)."""
-    from .evaluation import check_disjoint, duplicate_prompts, evaluate
+    from .evaluation import EvalSettings, check_disjoint, duplicate_prompts, evaluate
     from .mixing import write_rows
     from .models import load_model
     from .storage import atomic_write_json
-    from .evaluation import EvalSettings
     from .train import run_train
 
     arm = e.out / "arms" / f"{name}-seed{seed}"
