@@ -98,20 +98,21 @@ def write_experiment_report(folder: str | Path, path: str | Path | None = None) 
         ["arm", "seeds", "accuracy mean", "accuracy sd", "response loss mean",
          "response loss sd", "steps", "trainable parameters", "train time (s)"],
         [[n, len(a["seeds"]), a["accuracy"]["mean"], a["accuracy"]["sd"],
-          a["response_loss"]["mean"], a["response_loss"]["sd"], a["steps"],
-          a["n_trainable_parameters"], round(a["train_seconds"]["mean"], 1)]
+          _num(a["response_loss"]["mean"], 4), _num(a["response_loss"]["sd"], 4), a["steps"],
+          f"{a['n_trainable_parameters']:,}", round(a["train_seconds"]["mean"])]
          for n, a in summary["arms"].items()]))
     if summary["paired"]:
         out.append("<h3>Paired differences (same seed)</h3>")
         out.append(_table(
             ["method − baseline", "seeds", "Δ response loss mean", "sd", "Δ accuracy mean",
              "seeds with lower loss"],
-            [[f"{p['method']} − {p['baseline']}", p["n_seeds"], p["loss_difference"]["mean"],
-              p["loss_difference"]["sd"], p["accuracy_difference"]["mean"],
+            [[f"{p['method']} − {p['baseline']}", p["n_seeds"],
+              _num(p["loss_difference"]["mean"], 4), _num(p["loss_difference"]["sd"], 4),
+              p["accuracy_difference"]["mean"],
               p["method_lower_loss_seeds"]] for p in summary["paired"]]))
     if (folder / "results.png").is_file():
-        out.append(_image(folder / "results.png", "Mean over seeds (bars), ±1 sd (whiskers), "
-                                                  "each seed (dots)."))
+        out.append(_image(folder / "results.png", "Mean over seeds (diamonds), ±1 sd "
+                                                  "(whiskers), each seed (dots)."))
     out.append("</body></html>")
     return atomic_write_bytes(path or folder / "report.html", "\n".join(out).encode())
 
