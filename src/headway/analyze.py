@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from . import analysis as A
+from .errors import HeadwayError
 from .patterns import ActivationPattern
 from .storage import atomic_write_json
 
 
-class AnalysisError(ValueError):
+class AnalysisError(HeadwayError, ValueError):
     """Inputs that cannot be analysed together (e.g. an unknown --complex run)."""
 
 

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import HeadwayError
+
 GSM_MARK = "####"
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
 _RG_SOURCE = re.compile(r"^reasoning_gym:(.+)\(seed=(-?\d+)\)$")
 
 
-class EvalError(ValueError):
+class EvalError(HeadwayError, ValueError):
     """Bad evaluation input, or evaluation rows that overlap training rows."""
 
 

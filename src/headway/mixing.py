@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import HeadwayError
 
-class MixingError(ValueError):
+
+class MixingError(HeadwayError, ValueError):
     """Weights or pools that cannot make a mixture."""
 
 

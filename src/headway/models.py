@@ -27,13 +27,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import HeadwayError
 from .progress import quiet_hf_progress
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
-class ModelError(ValueError):
+class ModelError(HeadwayError, ValueError):
     """A model could not be loaded or is not supported."""
 
 

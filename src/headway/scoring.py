@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from .errors import HeadwayError
 from .distributed import barrier, rank_world
 from .models import attention_output_projections, unwrap_model
 from .storage import atomic_save_tensors
@@ -46,7 +47,7 @@ def default_batch_size(convention: str) -> int:
     return PAPER_BATCH_SIZE if convention == "paper" else 8
 
 
-class ScoringError(ValueError):
+class ScoringError(HeadwayError, ValueError):
     """Bad scoring arguments (unknown convention or method, empty input)."""
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+from .errors import HeadwayError
 from .progress import quiet_hf_progress
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "problem", "query")
@@ -29,7 +30,7 @@ TEMPLATES = {"qa": "Question: {prompt}\nAnswer: ", "raw": "{prompt}"}
 OVERLONG_POLICIES = ("truncate", "drop")
 
 
-class TaskError(ValueError):
+class TaskError(HeadwayError, ValueError):
     """A bad task input: the message names the file or dataset, the row index and the field."""
 
 

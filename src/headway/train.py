@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 from transformers import TrainerCallback
 
+from .errors import HeadwayError
 from .progress import quiet_hf_progress
 
 MODES = ("full", "lora", "heads")
@@ -107,7 +108,7 @@ class TrainConfig:
     progress: bool = _f(True, "Show a progress bar.")
 
 
-class ConfigError(ValueError):
+class ConfigError(HeadwayError, ValueError):
     """A bad training configuration: names the file and the field."""
 
 
