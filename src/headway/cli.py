@@ -316,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="headway",
         description="Attention-head activation patterns of language models (Zhao et al., "
                     "ACL 2025): which heads a task relies on.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks instead of one-line errors (also "
+                             "HEADWAY_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="compute a task's activation pattern (L x H)",
@@ -451,25 +454,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .analyze import AnalysisError
-    from .evaluation import EvalError
-    from .mixing import MixingError
-    from .models import ModelError
-    from .scoring import ScoringError
-    from .tasks import TaskError
-    from .train import ConfigError
+def _debug(argv: list[str]) -> bool:
+    """``--debug`` anywhere before ``--``, or ``HEADWAY_DEBUG=1``: show tracebacks."""
+    import os
 
-    argv = sys.argv[1:] if argv is None else argv
+    return "--debug" in argv or os.environ.get("HEADWAY_DEBUG", "") not in ("", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. A :class:`~headway.errors.HeadwayError` (bad input or setting) ends in
+    one ``headway: error:`` line (and a ``hint:`` line) with exit 2; Ctrl-C in one line saying
+    what was kept, exit 130. ``--debug`` (or ``HEADWAY_DEBUG=1``) shows tracebacks instead."""
+    from .errors import HeadwayError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug(argv)
+    argv = [a for a in argv if a != "--debug"]
     try:
         if argv and argv[0] == "train":
             return cmd_train(argv[1:])
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except (TaskError, ModelError, ScoringError, ConfigError, FileNotFoundError,
-            AnalysisError, EvalError, MixingError) as err:
+    except HeadwayError as err:
+        if debug:
+            raise
+        print(f"headway: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        if debug:
+            raise
         print(f"headway: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("\nheadway: interrupted; finished work is kept (scoring: OUT.partial.safetensors, "
+              "training: its checkpoints and records). Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    finally:
+        from .distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

@@ -39,3 +39,12 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Destroy the process group if this process created one (every command calls this on
+    every exit path, so no rank exits with a live group or a communicator thread)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
