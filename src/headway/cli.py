@@ -79,10 +79,14 @@ def _load_model(args, state=None):
 def cmd_score(args) -> int:
     from .scoring import score
 
+    from .storage import check_writable
+
     state = _distributed_state()
     task = _load_task(args)
-    lm = _load_model(args, state)
     output = Path(args.output or f"runs/{task.name}")
+    if not state or state.is_main_process:
+        check_writable(output.parent)
+    lm = _load_model(args, state)
     pattern = score(lm, task, convention=args.convention, method=args.method,
                     batch_size=args.batch_size, template=args.template,
                     max_length=args.max_length, overlong=args.overlong,
@@ -128,7 +132,9 @@ def cmd_show(args) -> int:
 
 def cmd_analyze(args) -> int:
     from .analyze import analyze
+    from .storage import check_writable
 
+    check_writable(args.output_dir)
     result = analyze(Path(args.output_dir), patterns=args.patterns, runs=args.runs,
                      complex_run=args.complex, model=args.model, k=args.k,
                      n_random=args.random_draws, n_boot=args.bootstrap, n_perm=args.permutations,
@@ -140,7 +146,9 @@ def cmd_analyze(args) -> int:
 
 def cmd_report(args) -> int:
     from .html_report import write_report
+    from .storage import check_writable
 
+    check_writable(Path(args.output).parent if args.output else args.folder)
     print(f"wrote {write_report(args.folder, args.output)}")
     return 0
 
@@ -154,10 +162,12 @@ def cmd_eval(args) -> int:
         evaluate,
     )
     from .experiments import trained_rows
-    from .storage import atomic_write_json
+    from .storage import atomic_write_json, check_writable
     from .tasks import TaskSpec
 
     task = _load_task(args)
+    if args.output:
+        check_writable(Path(args.output).parent)
     used, prompts = [], []
     for run in args.train_run:
         manifest = Path(run) / "manifest.json"
@@ -233,7 +243,9 @@ def _add_two_stage_args(p: argparse.ArgumentParser, basics: str, stage1_steps: i
 
 def _experiment(args):
     from .experiments import Experiment
+    from .storage import check_writable
 
+    check_writable(args.output_dir)
     return Experiment(output_dir=args.output_dir, model=args.model, target=args.target,
                       target_rows=args.target_rows, eval_rows=args.eval_rows,
                       eval_offset=args.eval_offset, seeds=args.seeds,
@@ -279,10 +291,27 @@ def cmd_tasks(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
+    from .storage import check_writable
 
+    check_writable(args.output_dir)
     run_demo(Path(args.output_dir), model=args.model, n=args.n, progress=not args.no_progress,
              sft_steps=args.sft_steps)
     return 0
+
+
+def _unknown_flags(parser, remaining: list[str]):
+    """A ConfigError for flags no field has, with the closest field names as a hint."""
+    import difflib
+
+    from .train import ConfigError
+
+    known = [o for action in parser._actions for o in action.option_strings]
+    flags = [a for a in remaining if a.startswith("-")] or remaining
+    close = list(dict.fromkeys(o.replace("-", "_").replace("__", "--") for o in
+                               difflib.get_close_matches(flags[0].split("=")[0], known, n=4)))
+    return ConfigError(f"unknown argument{'s' if len(flags) > 1 else ''} {' '.join(flags)}",
+                       hint=(f"did you mean {' or '.join(close)}? " if close else "")
+                       + "`headway train --help` lists every field")
 
 
 def cmd_train(argv: list[str]) -> int:
@@ -292,7 +321,7 @@ def cmd_train(argv: list[str]) -> int:
     from .train import TrainConfig, load_config, run_train
 
     parser = HfArgumentParser(
-        TrainConfig, prog="headway train",
+        TrainConfig, prog="headway train", allow_abbrev=False,
         description="Supervised fine-tuning with activation-pattern tracking. Every field can "
                     "be set in a YAML file (--config) and overridden by its flag.")
     parser.add_argument("--config", help="YAML file of TrainConfig fields")
@@ -300,7 +329,11 @@ def cmd_train(argv: list[str]) -> int:
     if known.config:
         defaults = dataclasses.asdict(load_config(known.config))
         parser.set_defaults(**defaults)
-    (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)[:1]
+    outputs = parser.parse_args_into_dataclasses(
+        args=argv, look_for_args_file=False, return_remaining_strings=True)
+    config, remaining = outputs[0], outputs[-1]  # between them: the --config namespace
+    if remaining:
+        raise _unknown_flags(parser, remaining)
     config = load_config(None, **dataclasses.asdict(config))
     manifest = run_train(config)
     if manifest:
@@ -451,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steps of each tracked fine-tune (default 24; 0 skips them)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+    for command in sub.choices.values():  # a mistyped flag is an error, not an abbreviation
+        command.allow_abbrev = False
     return parser
 
 

@@ -42,6 +42,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     from .scoring import score
     from .storage import atomic_write_bytes
     from .tasks import TaskSpec, load_task
+    from .run_dir import clear_other_run
     from .train import finished_run, load_config, run_train
 
     start = time.perf_counter()
@@ -75,6 +76,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
             if finished_run(config):
                 print(f"  {name}: reusing the finished run in {config.output_dir}")
             else:
+                clear_other_run(config)
                 run_train(config)
             run_paths.append(config.output_dir)
 

@@ -300,6 +300,7 @@ def delta_patterns(e: Experiment, tasks: list[str], rows: int, steps: int,
     probe rows. Basic tasks are probed on held-out rows; the target (scarce) on its own
     training rows."""
     from .tracking import run_trajectory
+    from .run_dir import clear_other_run
     from .train import finished_run, run_train
 
     deltas = {}
@@ -314,6 +315,7 @@ def delta_patterns(e: Experiment, tasks: list[str], rows: int, steps: int,
             print(f"  ΔAP of {source}: reusing {config.output_dir}")
         else:
             print(f"  ΔAP of {source}: {steps} SFT steps on {config.rows} rows")
+            clear_other_run(config)
             run_train(config)
         probes = run_trajectory(config.output_dir)["probes"]
         patterns = next(iter(probes.values()))["patterns"]

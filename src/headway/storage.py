@@ -17,6 +17,27 @@ def _umask() -> int:
     return mask
 
 
+def check_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Make sure results can be written into ``folder`` (created if missing) before any work
+    starts: a ``HeadwayError`` naming the folder otherwise (a read-only place, a parent that is
+    a file, no space left...)."""
+    from .errors import HeadwayError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".headway-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        if isinstance(err, (FileExistsError, NotADirectoryError)):
+            reason = "a file is in the way (a part of the path is not a folder)"
+        raise HeadwayError(f"cannot write the {what} {folder}: {reason}",
+                           hint="choose another output path") from None
+    return folder
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it into place."""
     path = Path(path)

@@ -177,13 +177,6 @@ def validate(c: TrainConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: track_every and save_steps must be >= 0")
 
 
-def _last_checkpoint(folder: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return Path(last) if last else None
-
-
 def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
     from .tasks import TaskSpec
 
@@ -231,32 +224,31 @@ def run_train(c: TrainConfig) -> dict:
     from .heads import HeadSelection, HeadWeights, parse_heads, top_heads_from_file
     from .models import load_model
     from .patterns import library_versions
-    from .storage import atomic_write_bytes, atomic_write_json
+    from .run_dir import RunMarker, mean_train_loss, plan_run, prepare_run
+    from .storage import atomic_write_json, check_writable
     from .tasks import encode_examples, load_task, task_record
-    from .tracking import PatternTracker, truncate_metrics
+    from .tracking import PatternTracker
 
     validate(c)
-    run = Path(c.output_dir)
-    ckpt_dir = run / "checkpoints"
     state = process_state()
-    resume_from = _last_checkpoint(ckpt_dir) if c.resume else None
-    if resume_from is not None:
-        _check_same_run(run / "config.yaml", c)
+    train_task = load_task(_task_spec(c, c.task, c.rows, c.offset))  # a typo fails here, first
+    plan = plan_run(c)  # reads the folder only; refuses another run's checkpoints
+    if plan.action == "finished":
+        if state.is_main_process:
+            print(f"headway: {plan.run} holds this run, finished; nothing to do "
+                  f"(--resume false trains again and moves the finished run aside)")
+        return json.loads((plan.run / "manifest.json").read_text())
     if state.is_main_process:
-        run.mkdir(parents=True, exist_ok=True)
-        # a finished manifest beside a new config would make the run look finished
-        (run / "manifest.json").unlink(missing_ok=True)
-        atomic_write_bytes(run / "config.yaml",
-                           yaml.safe_dump(dataclasses.asdict(c), sort_keys=False).encode())
-        if resume_from is None:
-            (run / "metrics.jsonl").unlink(missing_ok=True)
-        else:  # records after the checkpoint belong to the abandoned trajectory
-            step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-            truncate_metrics(run / "metrics.jsonl", step)
-    barrier()  # every process reads the same metrics.jsonl below
+        check_writable(plan.run)  # before minutes of work, not after
+    resume_from = plan.resume_from.path if plan.resume_from else None
+    run, ckpt_dir = plan.run, plan.run / "checkpoints"
 
     lm = load_model(c.model, dtype=c.dtype)
-    train_task = load_task(_task_spec(c, c.task, c.rows, c.offset))
+    tied = getattr(lm.model, "all_tied_weights_keys", None)
+    if tied and not lm.model._keys_to_ignore_on_save:
+        # Trainer's resume reports tied weights (never saved) as "missing keys" unless listed
+        # here, and then re-ties them, which is what loading needs
+        lm.model._keys_to_ignore_on_save = set(tied)
     encoded, stats = encode_examples(train_task.examples, lm.tokenizer, c.template,
                                      c.max_length, c.overlong, train_task.source)
     probes = build_probes(c, lm.tokenizer, train_task) if c.tracking else []
@@ -278,8 +270,10 @@ def run_train(c: TrainConfig) -> dict:
                                  lora_dropout=c.lora_dropout,
                                  target_modules=c.lora_target_modules, task_type="CAUSAL_LM")
 
-    if c.tensorboard:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
+    # everything is validated and loaded: only now may the folder change
+    if state.is_main_process:
+        prepare_run(plan, c)
+    barrier()  # every process reads the same metrics.jsonl below
     args = SFTConfig(
         output_dir=str(ckpt_dir), per_device_train_batch_size=c.per_device_train_batch_size,
         gradient_accumulation_steps=c.gradient_accumulation_steps,
@@ -288,7 +282,7 @@ def run_train(c: TrainConfig) -> dict:
         num_train_epochs=c.num_train_epochs, seed=c.seed, data_seed=c.seed,
         logging_steps=c.logging_steps, save_strategy="steps" if c.save_steps else "no",
         save_steps=c.save_steps or 500, save_total_limit=c.save_total_limit,
-        report_to=["tensorboard"] if c.tensorboard else "none",
+        report_to="none",  # TensorBoard, when asked, is a callback with its own folder
         max_length=c.max_length, packing=False,
         bf16=c.dtype in ("bfloat16", "bf16"), fp16=c.dtype in ("float16", "fp16"),
         disable_tqdm=not c.progress, dataloader_num_workers=0, remove_unused_columns=True,
@@ -297,7 +291,14 @@ def run_train(c: TrainConfig) -> dict:
                                  "labels": [e.labels for e in encoded]})
     tracker = PatternTracker(run, probes, c.track_every, lm.tokenizer.pad_token_id, initial,
                              lm.describe(), is_main=state.is_main_process)
-    callbacks = [tracker] if c.tracking else []
+    marker = RunMarker(c, plan.resume_from.prior if plan.resume_from else {}, tracker,
+                       is_main=state.is_main_process)
+    callbacks = [marker, *([tracker] if c.tracking else [])]
+    if c.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(run / "tensorboard"))))
     if selection is not None:
         callbacks.append(RestoreUnselected(selection))
     with quiet_hf_progress():
@@ -325,13 +326,12 @@ def run_train(c: TrainConfig) -> dict:
     }
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
-    start = time.perf_counter()
     with contextlib.nullcontext() if c.progress else quiet_hf_progress():
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    loss = mean_train_loss(trainer.state.log_history)
     manifest.update(status="finished", global_step=trainer.state.global_step,
-                    train_seconds=round(time.perf_counter() - start, 2),
-                    tracking_seconds=round(tracker.seconds, 2),
-                    train_loss=result.training_loss)
+                    **marker.seconds(),  # over every session of the run
+                    train_loss=result.training_loss if loss is None else loss)
     if c.save_final:
         with quiet_hf_progress():  # every process calls it; the main one writes
             trainer.save_model(str(run / "final"))
@@ -340,37 +340,20 @@ def run_train(c: TrainConfig) -> dict:
     return manifest
 
 
-# fields that may differ when a run resumes (they do not change what is computed)
-RESUMABLE_CHANGES = {"progress", "resume", "tensorboard", "logging_steps", "save_steps",
-                     "save_total_limit", "save_final"}
-
-
 def finished_run(config: TrainConfig) -> bool:
     """True when ``config.output_dir`` holds a finished run of the same settings (fields in
-    :data:`RESUMABLE_CHANGES` may differ)."""
+    :data:`headway.run_dir.RESUMABLE_CHANGES` may differ)."""
+    from .run_dir import changed_fields, identity
+
     run = Path(config.output_dir)
     if not (run / "manifest.json").is_file() or not (run / "config.yaml").is_file():
         return False
-
-    def settings(values: dict) -> dict:
-        return {k: v for k, v in values.items() if k not in RESUMABLE_CHANGES}
-
-    same = settings(yaml.safe_load((run / "config.yaml").read_text()) or {}) == settings(
-        dataclasses.asdict(config))
-    return same and json.loads((run / "manifest.json").read_text()).get("status") == "finished"
-
-
-def _check_same_run(config_file: Path, c: TrainConfig) -> None:
-    """Resuming a run with other settings would mix two trajectories: refuse, naming them."""
-    if not config_file.is_file():
-        return
-    before = yaml.safe_load(config_file.read_text()) or {}
-    changed = sorted(k for k, v in dataclasses.asdict(c).items()
-                     if k not in RESUMABLE_CHANGES and k in before and before[k] != v)
-    if changed:
-        raise ConfigError(
-            f"{config_file}: the checkpointed run in {config_file.parent} used other values of "
-            f"{', '.join(changed)}; use another output_dir, or --resume false to start over")
+    try:
+        before = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        status = json.loads((run / "manifest.json").read_text()).get("status")
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return not changed_fields(before, identity(config)) and status == "finished"
 
 
 class RestoreUnselected(TrainerCallback):

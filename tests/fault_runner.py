@@ -1,0 +1,104 @@
+"""Run ``headway.cli.main(argv)`` with one fault injected: the process kills itself (SIGKILL, no
+clean-up of any kind) at a chosen point. Used by test_faults.py as a subprocess.
+
+    HEADWAY_FAULT=<point>:<n> python tests/fault_runner.py score ...
+
+Points:
+    checkpoint-write:S   while checkpoint-S is being written: after its model files, before
+                         its optimizer, RNG and trainer state
+    after-checkpoint:S   right after checkpoint-S is complete
+    train-step:S         at the end of optimizer step S (before any checkpoint of that step)
+    probe-record:S       while the probe record of step S is written: after its patterns,
+                         before its parameter change and its metrics line
+    scoring-batch:N      when scoring batch N+1 starts (N batches done and kept)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def die() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(point: str, n: int) -> None:
+    if point == "checkpoint-write":
+        from transformers import Trainer
+
+        real = Trainer._save_optimizer_and_scheduler
+
+        def save(self, output_dir):
+            if self.state.global_step == n:
+                die()
+            return real(self, output_dir)
+
+        Trainer._save_optimizer_and_scheduler = save
+    elif point == "after-checkpoint":
+        from headway.run_dir import RunMarker
+
+        real_save = RunMarker.on_save
+
+        def on_save(self, args, state, control, **kw):
+            real_save(self, args, state, control, **kw)
+            if state.global_step == n:
+                die()
+
+        RunMarker.on_save = on_save
+    elif point == "train-step":
+        from headway.run_dir import RunMarker
+
+        real_step = RunMarker.on_step_end
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == n:
+                die()
+            return real_step(self, args, state, control, **kw)
+
+        RunMarker.on_step_end = on_step_end
+    elif point == "probe-record":
+        from headway import tracking
+
+        real_write = tracking.atomic_save_tensors
+
+        def write(path, *args, **kw):
+            if f"step_{n:06d}" in str(path) and "param_change" in str(path):
+                die()
+            return real_write(path, *args, **kw)
+
+        tracking.atomic_save_tensors = write
+    elif point == "scoring-batch":
+        from headway import scoring
+
+        real_init = scoring.ScoreCheckpoint.__init__
+        real_gate = scoring.gate_scores
+        calls = [0]
+
+        def init(self, *args, **kw):
+            real_init(self, *args, **kw)
+            self.every_s = 0.0  # keep every finished batch
+
+        def gate(*args, **kw):
+            if calls[0] == n:
+                die()
+            calls[0] += 1
+            return real_gate(*args, **kw)
+
+        scoring.ScoreCheckpoint.__init__ = init
+        scoring.gate_scores = gate
+    else:
+        raise SystemExit(f"unknown fault point {point!r}")
+
+
+if __name__ == "__main__":
+    fault = os.environ.get("HEADWAY_FAULT")
+    if fault:
+        point, _, n = fault.partition(":")
+        install(point, int(n))
+    from headway.cli import main
+
+    sys.exit(main(sys.argv[1:]))
