@@ -1,0 +1,99 @@
+"""Bad input ends in one ``headway: error:`` line (and a ``hint:`` line), exit status 2, never a
+traceback: damaged model folders and pattern files, unreadable resume files, mistyped names,
+empty inputs, prompts longer than --max-length."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from headway.cli import main
+from headway.patterns import ActivationPattern
+from headway.tasks import Example, TaskError, encode_examples, load_task
+
+ROWS = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}"} for i in range(5)]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the command line, expect exit 2 and return its one error line (checking that stderr
+    holds nothing but that line and an optional hint line)."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("headway: error: ") and len(lines) <= 2, err
+    assert len(lines) == 1 or lines[1].startswith("hint: "), err
+    return err.strip()
+
+
+@pytest.fixture
+def model_copy(llama_dir, tmp_path):
+    """A private copy of the tiny model folder that a test may damage."""
+    return shutil.copytree(llama_dir, tmp_path / "model")
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Fail the test if anything asks transformers or datasets to load from the hub."""
+    import datasets
+    import transformers
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError(f"hub access attempted: {args}")
+
+    monkeypatch.setattr(datasets, "load_dataset", forbidden)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", forbidden)
+
+
+# ------------------------------------------------------------------ 1. model folders and names
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "cut_data"])
+def test_corrupt_weights_name_the_file(model_copy, capsys, damage):
+    weights = model_copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncate": data[:300], "garbage": b"\x00garbage" * 50,
+                         "cut_data": data[:-100]}[damage])
+    err = cli_error(capsys, "score", "--model", model_copy, "--task", "arithmetic", "-n", "2",
+                    "-o", model_copy.parent / "out", "--no-progress")
+    assert f"{weights}: not a readable safetensors file (truncated or corrupt)" in err
+    assert "hint: " in err
+
+
+def test_weights_with_a_sound_header_that_transformers_rejects(model_copy, capsys):
+    header = json.dumps({"w": {"dtype": "NOPE", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    (model_copy / "model.safetensors").write_bytes(
+        len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    err = cli_error(capsys, "score", "--model", model_copy, "--task", "arithmetic", "-n", "2",
+                    "-o", model_copy.parent / "out", "--no-progress")
+    assert f"{model_copy.resolve()}: could not load the model folder" in err
+
+
+@pytest.mark.parametrize("name", ["./nope", "/abs/nope", "../x", "a/b/c"])
+def test_missing_model_folder(name, capsys, no_hub):
+    err = cli_error(capsys, "score", "--model", name, "--task", "arithmetic", "-n", "2")
+    assert err.splitlines()[0] == f"headway: error: no such model folder {name}"
+
+
+def test_name_that_is_no_folder_alias_or_hub_id(capsys, no_hub):
+    err = cli_error(capsys, "score", "--model", "my model!", "--task", "arithmetic", "-n", "2")
+    assert "no such model folder or built-in alias 'my model!'" in err
+    assert "smollm2-135m" in err
+
+
+def test_hub_model_failure_is_one_line(capsys):
+    err = cli_error(capsys, "score", "--model", "no-such-org/no-such-model", "--task",
+                    "arithmetic", "-n", "2")
+    assert "could not load model 'no-such-org/no-such-model' (offline mode is on" in err
