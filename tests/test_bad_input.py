@@ -97,3 +97,43 @@ def test_hub_model_failure_is_one_line(capsys):
     err = cli_error(capsys, "score", "--model", "no-such-org/no-such-model", "--task",
                     "arithmetic", "-n", "2")
     assert "could not load model 'no-such-org/no-such-model' (offline mode is on" in err
+
+
+# ------------------------------------------------------------------ 2. the scoring resume file
+
+
+def test_corrupt_partial_is_set_aside_and_scoring_starts_over(llama_dir, tmp_path, capsys):
+    args = ["score", "--model", str(llama_dir), "--task", "arithmetic", "-n", "4",
+            "--batch-size", "2", "--no-progress", "-o"]
+    assert main(args + [str(tmp_path / "clean")]) == 0
+    partial = tmp_path / "out.partial.safetensors"
+    partial.write_bytes(b"\x93garbage, not safetensors" * 10)
+    capsys.readouterr()
+    assert main(args + [str(tmp_path / "out")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("headway: warning: "), warnings
+    assert f"{partial}.corrupt" in warnings[0]
+    assert not partial.exists() and (tmp_path / "out.partial.safetensors.corrupt").is_file()
+    torch.testing.assert_close(ActivationPattern.load(tmp_path / "out").scores,
+                               ActivationPattern.load(tmp_path / "clean").scores)
+
+
+def test_partial_of_other_shapes_is_ignored(tmp_path, capsys):
+    from tiny_models import tiny_model
+
+    from headway.scoring import ScoreCheckpoint, score_encoded
+    from headway.storage import atomic_save_tensors
+
+    rows = [Example(f"What is {i}?", f"{i}", i) for i in range(5)]
+    from conftest import make_byte_tokenizer
+    encoded, _ = encode_examples(rows, make_byte_tokenizer())
+    model = tiny_model("llama")
+    checkpoint = ScoreCheckpoint(tmp_path / "x.partial.safetensors", {"run": 1}, every_s=1e9)
+    # same run key, but written for 3 rows and 3 heads
+    atomic_save_tensors(checkpoint.path, {"per_sample": torch.ones(3, 2, 3), "loss": torch.ones(3),
+                                          "done": torch.ones(3, dtype=torch.bool)},
+                        metadata={"key": checkpoint.key})
+    resumed = score_encoded(model, encoded, 2, 4, pad_id=0, progress=False, checkpoint=checkpoint)
+    clean = score_encoded(model, encoded, 2, 4, pad_id=0, progress=False)
+    torch.testing.assert_close(resumed["per_sample"], clean["per_sample"])
+    assert "do not fit this run" in capsys.readouterr().err
