@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from headway.cli import main
-from headway.patterns import ActivationPattern
+from headway.patterns import ActivationPattern, PatternError
 from headway.tasks import Example, TaskError, encode_examples, load_task
 
 ROWS = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}"} for i in range(5)]
@@ -137,3 +137,68 @@ def test_partial_of_other_shapes_is_ignored(tmp_path, capsys):
     clean = score_encoded(model, encoded, 2, 4, pad_id=0, progress=False)
     torch.testing.assert_close(resumed["per_sample"], clean["per_sample"])
     assert "do not fit this run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ 3. pattern files
+
+
+@pytest.fixture
+def pattern(tmp_path):
+    """A saved 2-layer x 4-head pattern of 3 samples; returns its path without suffix."""
+    per_sample = torch.randn(3, 2, 4)
+    ActivationPattern(scores=per_sample.abs().mean(0), meta={"n_samples": 3},
+                      per_sample=per_sample, loss=torch.rand(3),
+                      index=torch.arange(3)).save(tmp_path / "p")
+    return tmp_path / "p"
+
+
+def test_sound_pattern_loads_by_any_name(pattern):
+    for name in (pattern, f"{pattern}.safetensors", f"{pattern}.json"):
+        assert ActivationPattern.load(name).scores.shape == (2, 4)
+    pattern.with_suffix(".json").unlink()  # a missing sidecar is fine
+    assert ActivationPattern.load(pattern).per_sample.shape == (3, 2, 4)
+
+
+@pytest.mark.parametrize("damage", ["cut", "random"])
+def test_damaged_pattern_file(pattern, capsys, damage):
+    file = pattern.with_suffix(".safetensors")
+    data = file.read_bytes()
+    file.write_bytes(data[:len(data) // 2] if damage == "cut" else torch.randint(
+        0, 256, (500,), dtype=torch.uint8).numpy().tobytes())
+    err = cli_error(capsys, "show", pattern)
+    assert f"{file}: not a readable safetensors file (truncated or corrupt)" in err
+
+
+@pytest.mark.parametrize("tensors, problem", [
+    ({"scores": torch.rand(4)}, "'scores' must be a non-empty [n_layers, n_heads] float tensor"),
+    ({"weight": torch.rand(2, 4)}, "is not a headway activation pattern (no 'scores'"),
+    ({"scores": torch.rand(2, 4), "per_sample": torch.rand(3, 4, 2)}, "'per_sample' must be"),
+    ({"scores": torch.rand(2, 4), "per_sample": torch.rand(3, 2, 4), "loss": torch.rand(2)},
+     "per-sample tensors disagree on N"),
+    ({"scores": torch.rand(2, 4), "loss": torch.rand(3), "index": torch.arange(4)},
+     "per-sample tensors disagree on N"),
+    ({"scores": torch.rand(2, 4), "loss": torch.rand(3, 1)}, "'loss' must be a [N] vector"),
+])
+def test_wrong_shaped_pattern(tmp_path, capsys, tensors, problem):
+    file = tmp_path / "bad.safetensors"
+    save_file(tensors, file)
+    err = cli_error(capsys, "show", file)
+    assert f"headway: error: {file}" in err and problem in err
+    with pytest.raises(PatternError):
+        ActivationPattern.load(file)
+
+
+def test_bad_metadata_json(tmp_path, capsys):
+    save_file({"scores": torch.rand(2, 4)}, tmp_path / "m.safetensors",
+              metadata={"headway": "{not json"})
+    assert "'headway' metadata is not valid JSON" in cli_error(capsys, "show", tmp_path / "m")
+
+
+def test_sidecar_that_disagrees_names_both_files(pattern, capsys):
+    sidecar = pattern.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    meta["tensors"]["scores"] = [3, 4]
+    sidecar.write_text(json.dumps(meta))
+    err = cli_error(capsys, "show", pattern)
+    assert f"{sidecar} records tensors" in err and f"{pattern}.safetensors holds" in err
+    assert "hint: " in err
