@@ -3,13 +3,13 @@ templates, and the one prompt/response encoding that scoring and training share.
 
 A task is a list of (prompt, response) examples. ``load_task`` resolves a source in this order:
 built-in name -> ``"rg:<reasoning_gym name>"`` -> local file (.jsonl .json .csv .parquet) ->
-local folder -> Hugging Face dataset id. Every bad input raises ``TaskError`` naming the file or
-dataset and, for row problems, the 0-based row index and the field.
+local folder -> Hugging Face dataset id (the file, folder and hub loaders are in
+:mod:`headway.sources`). Every bad input raises ``TaskError`` naming the file or dataset and,
+for row problems, the 0-based row index and the field.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
 import json
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from .errors import HeadwayError
-from .progress import quiet_hf_progress
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "problem", "query")
 RESPONSE_FIELDS = ("response", "answer", "completion", "output", "solution")
@@ -107,6 +106,8 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
     if spec.offset < 0 or (spec.n is not None and spec.n < 1):
         raise TaskError(f"{spec.source}: need offset >= 0 and n >= 1 (got offset={spec.offset}, n={spec.n})")
 
+    from .sources import load_file, load_folder, load_hub
+
     source = spec.source
     generator = generator_name(source)
     if generator:
@@ -115,14 +116,14 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
     if path.is_file():
         where = str(path.resolve())
         stem = path.stem if path.stem not in SPLIT_NAMES else f"{path.resolve().parent.name}-{path.stem}"
-        return _from_table(spec, _load_file(path, where), where, stem)
+        return _from_table(spec, load_file(path, where), where, stem)
     if path.is_dir():
         where = f"{path.resolve()} (split={spec.split})"
-        return _from_table(spec, _load_folder(path, spec.split, where), where, path.resolve().name)
+        return _from_table(spec, load_folder(path, spec.split, where), where, path.resolve().name)
     if path.suffix.lower() in FILE_BUILDERS or source.startswith(("/", ".", "~")) or source.count("/") > 1:
         raise TaskError(f"{source}: no such file or folder")
     where = f"{source} (config={spec.config}, split={spec.split})"
-    return _from_table(spec, _load_hub(spec, where), where, source.split("/")[-1])
+    return _from_table(spec, load_hub(spec, where), where, source.split("/")[-1])
 
 
 def generator_name(source: str) -> str | None:
@@ -229,66 +230,6 @@ def _check_value(where: str, index: int, field_name: str, value) -> None:
     else:
         return
     raise TaskError(f"{where}: row {index}: field {field_name!r} is {problem}")
-
-
-def _load_file(path: Path, where: str):
-    """Return the file's rows as a ``datasets.Dataset``; CSV cells are read as verbatim text."""
-    import datasets
-
-    builder = FILE_BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise TaskError(f"{where}: unsupported file type {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}")
-    kwargs = {}
-    try:
-        if builder == "csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
-            kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
-                      "keep_default_na": False}
-        with quiet_hf_progress():
-            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except Exception as exc:
-        bad = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else ""
-        raise TaskError(f"{where}: cannot read as {builder}{bad}: {_describe(exc)}") from exc
-
-
-def _first_bad_json_line(path: Path) -> str:
-    """Return ", row i (line j) is not valid JSON" for the first bad JSONL line, else ""."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [(j, line) for j, line in enumerate(f, 1) if line.strip()]
-        for row, (j, line) in enumerate(lines):
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                return f", row {row} (line {j}) is not valid JSON"
-    except (OSError, UnicodeDecodeError):
-        pass
-    return ""
-
-
-def _load_folder(path: Path, split: str, where: str):
-    """Return ``datasets.load_dataset(folder, split=split)``."""
-    import datasets
-
-    try:
-        with quiet_hf_progress():
-            return datasets.load_dataset(str(path), split=split)
-    except Exception as exc:
-        raise TaskError(f"{where}: cannot load the folder as a dataset: {_describe(exc)}") from exc
-
-
-def _load_hub(spec: TaskSpec, where: str):
-    """Return ``datasets.load_dataset(source, config, split=split)`` from the hub or its cache."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(spec.source, spec.config, split=spec.split)
-    except Exception as exc:
-        raise TaskError(
-            f"{where}: not a built-in task ({', '.join(BUILTIN_TASKS)}), not 'rg:<name>', and could not be "
-            f"found locally or on the Hugging Face hub: {_describe(exc)}. Offline (no network, or "
-            f"HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) only cached hub datasets load.") from exc
 
 
 def _describe(exc: BaseException) -> str:
