@@ -202,3 +202,26 @@ def test_sidecar_that_disagrees_names_both_files(pattern, capsys):
     err = cli_error(capsys, "show", pattern)
     assert f"{sidecar} records tensors" in err and f"{pattern}.safetensors holds" in err
     assert "hint: " in err
+
+
+# ------------------------------------------------------------------ 4. mistyped task names
+
+
+def test_mistyped_builtin_task_fails_fast_with_suggestion(llama_dir, capsys, no_hub):
+    start = time.perf_counter()
+    err = cli_error(capsys, "score", "--model", llama_dir, "--task", "arithmetc")
+    assert time.perf_counter() - start < 5
+    assert err.splitlines() == [
+        "headway: error: unknown task 'arithmetc'",
+        "hint: did you mean 'arithmetic'? (`headway tasks` lists the built-in tasks)"]
+
+
+def test_name_that_cannot_be_a_hub_dataset(capsys, no_hub):
+    err = cli_error(capsys, "score", "--task", "zzq", "-n", "2")
+    assert "zzq: no such task, file or folder" in err and "arithmetic" in err
+
+
+def test_hub_dataset_offline_is_one_clear_line(capsys):
+    err = cli_error(capsys, "score", "--task", "no-such-user/no-such-dataset", "-n", "2")
+    assert "could not load hub dataset 'no-such-user/no-such-dataset'" in err
+    assert "offline mode is on" in err and "not cached in None" not in err

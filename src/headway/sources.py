@@ -1,16 +1,52 @@
 """Where a task's rows come from when no generator makes them: a local file (.jsonl .json .csv
 .parquet), a local dataset folder, or a Hugging Face hub dataset. Each loader returns a
 ``datasets.Dataset`` or raises ``TaskError`` naming the source.
+
+:func:`check_hub_source` runs before any hub access: a mistyped built-in task name, a missing
+path or a name that cannot be a hub dataset id fails at once, with a suggestion, instead of
+waiting on the hub.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import json
+import re
 from pathlib import Path
+from typing import Sequence
 
 from .progress import quiet_hf_progress
-from .tasks import BUILTIN_TASKS, FILE_BUILDERS, TaskError, _describe
+from .tasks import FILE_BUILDERS, TaskError, _describe
+
+# bare (owner-less) names that are hub datasets; every other hub dataset is owner/name
+WELL_KNOWN_HUB_DATASETS = ("gsm8k", "squad", "imdb", "glue", "super_glue", "wikitext", "ag_news")
+HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def looks_like_hub_dataset(source: str) -> bool:
+    """True for ``owner/name`` ([A-Za-z0-9._-], no '..') or a well-known bare hub name."""
+    return source in WELL_KNOWN_HUB_DATASETS or (
+        bool(HUB_DATASET_ID.fullmatch(source)) and ".." not in source
+        and not source.endswith((".", "-")))
+
+
+def check_hub_source(source: str, builtins: Sequence[str]) -> None:
+    """Raise TaskError unless ``source`` (neither built-in nor an existing file or folder) may
+    be a hub dataset id. Suggests the closest built-in task for a mistyped name."""
+    if (Path(source).suffix.lower() in FILE_BUILDERS or source.startswith(("/", ".", "~"))
+            or source.count("/") > 1):
+        raise TaskError(f"{source}: no such file or folder")
+    if looks_like_hub_dataset(source):
+        return
+    close = difflib.get_close_matches(source.lower(), list(builtins), n=1)
+    if close and "/" not in source:
+        raise TaskError(f"unknown task {source!r}", hint=f"did you mean {close[0]!r}? "
+                                                         f"(`headway tasks` lists the built-in tasks)")
+    raise TaskError(f"{source}: no such task, file or folder (built-in tasks: "
+                    f"{', '.join(builtins)})",
+                    hint="files end in .jsonl, .json, .csv or .parquet; reasoning-gym datasets "
+                         "are rg:<name>; hub datasets are owner/name")
 
 
 def load_file(path: Path, where: str):
@@ -60,14 +96,40 @@ def load_folder(path: Path, split: str, where: str):
         raise TaskError(f"{where}: cannot load the folder as a dataset: {_describe(exc)}") from exc
 
 
-def load_hub(spec: TaskSpec, where: str):
-    """Return ``datasets.load_dataset(source, config, split=split)`` from the hub or its cache."""
+def load_hub(spec, builtins: Sequence[str]):
+    """Return ``datasets.load_dataset(source, config, split=split)`` from the hub or its cache;
+    a failure is one TaskError line that says whether offline mode is on."""
     import datasets
 
     try:
         return datasets.load_dataset(spec.source, spec.config, split=spec.split)
     except Exception as exc:
-        raise TaskError(
-            f"{where}: not a built-in task ({', '.join(BUILTIN_TASKS)}), not 'rg:<name>', and could not be "
-            f"found locally or on the Hugging Face hub: {_describe(exc)}. Offline (no network, or "
-            f"HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) only cached hub datasets load.") from exc
+        raise _hub_error(spec, builtins, exc) from exc
+
+
+def offline_flags() -> list[str]:
+    """The offline switches that are on: HF_HUB_OFFLINE, HF_DATASETS_OFFLINE."""
+    from datasets import config
+    from huggingface_hub import constants
+
+    return [name for name, on in (("HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE),
+                                  ("HF_DATASETS_OFFLINE", config.HF_DATASETS_OFFLINE)) if on]
+
+
+def _hub_error(spec, builtins: Sequence[str], exc: BaseException) -> TaskError:
+    """One-line TaskError for a hub dataset that did not load."""
+    config = f"config={spec.config}, " if spec.config else ""
+    name = f"hub dataset {spec.source!r} ({config}split={spec.split})"
+    hint = (f"there is no local file or folder {spec.source} either, and it is no built-in "
+            f"task ({', '.join(builtins)}); offline, only hub datasets already in the cache load")
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    flags = offline_flags()
+    if flags and any(isinstance(c, (ConnectionError, FileNotFoundError)) for c in chain):
+        return TaskError(f"could not load {name}: offline mode is on ({', '.join(flags)} set) and it "
+                         f"is not in the local cache", hint=hint)
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return TaskError(f"could not load {name} (offline? misspelled?): {reason}", hint=hint)

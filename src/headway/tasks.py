@@ -4,8 +4,9 @@ templates, and the one prompt/response encoding that scoring and training share.
 A task is a list of (prompt, response) examples. ``load_task`` resolves a source in this order:
 built-in name -> ``"rg:<reasoning_gym name>"`` -> local file (.jsonl .json .csv .parquet) ->
 local folder -> Hugging Face dataset id (the file, folder and hub loaders are in
-:mod:`headway.sources`). Every bad input raises ``TaskError`` naming the file or dataset and,
-for row problems, the 0-based row index and the field.
+:mod:`headway.sources`; only a name that can be a hub dataset id is looked up there). Every bad
+input raises ``TaskError`` naming the file or dataset and, for row problems, the 0-based row
+index and the field.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
     if spec.offset < 0 or (spec.n is not None and spec.n < 1):
         raise TaskError(f"{spec.source}: need offset >= 0 and n >= 1 (got offset={spec.offset}, n={spec.n})")
 
-    from .sources import load_file, load_folder, load_hub
+    from .sources import check_hub_source, load_file, load_folder, load_hub
 
     source = spec.source
     generator = generator_name(source)
@@ -120,10 +121,9 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
     if path.is_dir():
         where = f"{path.resolve()} (split={spec.split})"
         return _from_table(spec, load_folder(path, spec.split, where), where, path.resolve().name)
-    if path.suffix.lower() in FILE_BUILDERS or source.startswith(("/", ".", "~")) or source.count("/") > 1:
-        raise TaskError(f"{source}: no such file or folder")
+    check_hub_source(source, list(BUILTIN_TASKS))  # fails fast for typos and missing paths
     where = f"{source} (config={spec.config}, split={spec.split})"
-    return _from_table(spec, load_hub(spec, where), where, source.split("/")[-1])
+    return _from_table(spec, load_hub(spec, list(BUILTIN_TASKS)), where, source.split("/")[-1])
 
 
 def generator_name(source: str) -> str | None:
@@ -317,3 +317,4 @@ def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa"
                         n_dropped=n_dropped, n_tokens=sum(len(e.input_ids) for e in encoded),
                         n_response_tokens=sum(sum(l != -100 for l in e.labels) for e in encoded))
     return encoded, stats
+
