@@ -225,3 +225,19 @@ def test_hub_dataset_offline_is_one_clear_line(capsys):
     err = cli_error(capsys, "score", "--task", "no-such-user/no-such-dataset", "-n", "2")
     assert "could not load hub dataset 'no-such-user/no-such-dataset'" in err
     assert "offline mode is on" in err and "not cached in None" not in err
+
+
+# ------------------------------------------------------------------ 5. empty inputs
+
+
+@pytest.mark.parametrize("name, text", [
+    ("empty.jsonl", ""), ("blank.jsonl", "\n\n"), ("header.csv", "question,answer\n"),
+    ("empty.csv", ""), ("list.json", "[]"),
+])
+def test_empty_file_has_no_rows(tmp_path, capsys, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(TaskError, match=f"^{re.escape(str(path))}: no rows$"):
+        load_task(str(path))
+    err = cli_error(capsys, "score", "--task", path, "-n", "2")
+    assert err.splitlines()[0] == f"headway: error: {path}: no rows"

@@ -13,6 +13,7 @@ import csv
 import difflib
 import json
 import re
+from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,8 @@ from .tasks import FILE_BUILDERS, TaskError, _describe
 # bare (owner-less) names that are hub datasets; every other hub dataset is owner/name
 WELL_KNOWN_HUB_DATASETS = ("gsm8k", "squad", "imdb", "glue", "super_glue", "wikitext", "ag_news")
 HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+EMPTY_HINT = ("a .jsonl file holds one JSON object per line, a .csv file a header line and one "
+              "line per row, a .json file a list of objects")
 
 
 def looks_like_hub_dataset(source: str) -> bool:
@@ -66,8 +69,28 @@ def load_file(path: Path, where: str):
         with quiet_hf_progress():
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:
+        if has_no_rows(path, builder):
+            raise TaskError(f"{where}: no rows", hint=EMPTY_HINT) from exc
         bad = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else ""
         raise TaskError(f"{where}: cannot read as {builder}{bad}: {_describe(exc)}") from exc
+
+
+def has_no_rows(path: Path, builder: str) -> bool:
+    """True when a file that could not be read simply holds no rows: empty or blank, a CSV
+    header alone, a JSON ``[]`` or ``{}``."""
+    try:
+        with open(path, "rb") as f:
+            if not f.read(1 << 16).strip() and not f.read(1):
+                return True
+        if builder == "csv":
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = (row for row in csv.reader(f) if any(cell.strip() for cell in row))
+                return len(list(islice(rows, 2))) <= 1
+        if path.suffix.lower() == ".json" and path.stat().st_size < 1 << 24:
+            return json.loads(path.read_text(encoding="utf-8")) in ([], {}, None)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _first_bad_json_line(path: Path) -> str:

@@ -178,6 +178,8 @@ def _from_table(spec: TaskSpec, dataset, where: str, default_name: str) -> Task:
     prompt_field = _resolve_field(spec.prompt_field, PROMPT_FIELDS, columns, "prompt", where)
     response_field = _resolve_field(spec.response_field, RESPONSE_FIELDS, columns, "response", where)
     total = len(dataset)
+    if total == 0:
+        raise TaskError(f"{where}: no rows")
     available = total - spec.offset
     n = spec.n if spec.n is not None else available
     if n < 1 or n > available:
