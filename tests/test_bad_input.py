@@ -241,3 +241,24 @@ def test_empty_file_has_no_rows(tmp_path, capsys, name, text):
         load_task(str(path))
     err = cli_error(capsys, "score", "--task", path, "-n", "2")
     assert err.splitlines()[0] == f"headway: error: {path}: no rows"
+
+
+# ------------------------------------------------------------------ 6. prompts over --max-length
+
+
+def test_overlong_prompt_names_the_prompt_column(llama_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "long.jsonl", ROWS)
+    err = cli_error(capsys, "score", "--model", llama_dir, "--task", data, "--max-length", "8",
+                    "--no-progress", "-o", tmp_path / "out")
+    error, hint = err.splitlines()
+    assert error.startswith(f"headway: error: {data}: row 0: the prompt (field 'question') "
+                            f"alone has ")
+    assert "'response'" not in error and "max_length=8" in error
+    assert hint.startswith("hint: raise --max-length (max_length=...) above ")
+    assert hint.endswith("or use --overlong drop (overlong='drop')")
+
+
+def test_encode_examples_keeps_its_old_call(byte_tokenizer):
+    with pytest.raises(TaskError, match="my.jsonl: row 4: the prompt alone has"):
+        encode_examples([Example("a long question", "yes", 4)], byte_tokenizer, "qa", 10,
+                        "truncate", "my.jsonl")

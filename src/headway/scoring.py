@@ -339,7 +339,8 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
         raise ScoringError("the paper convention uses the released script's 'qa' template")
     start = time.perf_counter()
     encoded, stats = encode_examples(task.examples, lm.tokenizer, template=template,
-                                     max_length=max_length, overlong=overlong, source=task.source)
+                                     max_length=max_length, overlong=overlong, source=task.source,
+                                     prompt_field=getattr(task, "prompt_field", None))
     batch_size = batch_size or default_batch_size(convention)
     settings = {"convention": convention, "method": method, "batch_size": batch_size,
                 "template": template, "max_length": max_length, "overlong": overlong}

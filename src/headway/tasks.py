@@ -80,6 +80,8 @@ class Task:
     examples: list[Example]
     data_hash: str  # sha256 of the canonical JSON of [[prompt, response], ...]
     spec: TaskSpec  # the spec used, with n and name filled in
+    prompt_field: str | None = None  # the column the prompts came from
+    response_field: str | None = None  # the column the responses came from
 
 
 def task_record(task: Task) -> dict:
@@ -205,7 +207,8 @@ def _build(spec, where, default_name, indices, prompts, responses, prompt_field,
     name = spec.name or default_name
     return Task(name=name, source=where, examples=examples,
                 data_hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
-                spec=replace(spec, n=len(examples), name=name))
+                spec=replace(spec, n=len(examples), name=name),
+                prompt_field=prompt_field, response_field=response_field)
 
 
 def _resolve_field(explicit, candidates, columns, role, where) -> str:
@@ -280,11 +283,14 @@ class EncodeStats:
 
 
 def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa", max_length: int = 1024,
-                    overlong: str = "truncate", source: str = "") -> tuple[list[Encoded], EncodeStats]:
+                    overlong: str = "truncate", source: str = "",
+                    prompt_field: str | None = None) -> tuple[list[Encoded], EncodeStats]:
     """Tokenise prompt and response separately and concatenate; return the encodings and counts.
 
     input_ids = prompt_ids + response_ids + [eos]; labels = [-100] * len(prompt_ids) + the rest.
     Rows longer than ``max_length`` are cut from the right ("truncate") or left out ("drop").
+    ``source`` and ``prompt_field`` (``Task.source``, ``Task.prompt_field``) name the file and
+    column in errors.
     """
     if overlong not in OVERLONG_POLICIES:
         raise TaskError(f"unknown overlong policy {overlong!r}; use one of {list(OVERLONG_POLICIES)}")
@@ -310,9 +316,7 @@ def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa"
             continue
         if truncated:
             if len(p_ids) >= max_length:
-                raise TaskError(f"{source or 'examples'}: row {example.index}: field 'response' has no token left "
-                                f"after truncation: the prompt alone has {len(p_ids)} tokens >= max_length="
-                                f"{max_length}; raise max_length or use overlong='drop'")
+                raise _prompt_too_long(source, example.index, prompt_field, len(p_ids), max_length)
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         encoded.append(Encoded(input_ids=input_ids, labels=labels, index=example.index, truncated=truncated))
     stats = EncodeStats(n_in=len(examples), n_out=len(encoded), n_truncated=sum(e.truncated for e in encoded),
@@ -320,3 +324,12 @@ def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa"
                         n_response_tokens=sum(sum(l != -100 for l in e.labels) for e in encoded))
     return encoded, stats
 
+
+def _prompt_too_long(source: str, index: int, prompt_field: str | None, n: int,
+                     max_length: int) -> TaskError:
+    """The error for a row whose rendered prompt leaves no token for the response."""
+    column = f" (field {prompt_field!r})" if prompt_field else ""
+    return TaskError(f"{source or 'examples'}: row {index}: the prompt{column} alone has {n} tokens "
+                     f">= max_length={max_length}, leaving none for the response",
+                     hint=f"raise --max-length (max_length=...) above {n} or use --overlong drop "
+                          f"(overlong='drop')")
