@@ -258,7 +258,7 @@ def test_encode_prompt_fills_max_length(byte_tokenizer):
         encode_examples(examples, byte_tokenizer, max_length=10, source="my.jsonl")
     msg = str(err.value)
     n_prompt = len(render_prompt("a long question", "qa", byte_tokenizer))  # one token per byte
-    assert "my.jsonl: row 4: field 'response'" in msg and f"prompt alone has {n_prompt} tokens" in msg
+    assert "my.jsonl: row 4: the prompt alone" in msg and f"prompt alone has {n_prompt} tokens" in msg
 
 
 def test_encode_chat_template():

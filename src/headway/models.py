@@ -235,7 +235,10 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     transformers pick its fastest kernel (SDPA where the family supports it); the reference
     path switches to ``"eager"`` by itself when it needs attention probabilities.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .model_checks import check_hub_id, check_weight_files, load_error
 
     if name.startswith(RANDOM_PREFIX):
         return random_twin(load_model(name[len(RANDOM_PREFIX):], dtype, revision,
@@ -259,8 +262,11 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
         raise ModelError(f"{name} is a file; give the folder that holds config.json and the "
                          f"weights, or a built-in alias ({', '.join(BUILTIN_MODELS)})")
     else:
+        check_hub_id(name)
         path, rev, where = name, revision or "main", name
     local = Path(str(path)).is_dir()  # hub downloads keep their progress bars
+    if local:
+        check_weight_files(Path(path))
     kwargs = {"revision": revision} if revision and not local else {}
     try:
         with quiet_hf_progress() if local else contextlib.nullcontext():
@@ -269,10 +275,10 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
                 trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as err:
-        raise ModelError(f"could not load model {name!r}: {err}. Use a built-in alias "
-                         f"({', '.join(BUILTIN_MODELS)}), a local folder, or a hub id (needs "
-                         f"network access)") from err
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            raise
+        raise load_error(name, path, local, err) from err
     commit = getattr(model.config, "_commit_hash", None)
     if commit and not local:
         rev = commit

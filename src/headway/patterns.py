@@ -8,6 +8,9 @@ Tensors:
     per_sample   [N, n_layers, n_heads]   signed s_i[l,h] = <Γ_lh(x_i), ∂L/∂Γ_lh>   (optional)
     loss         [N]                      each sample's mean response-token loss (nats)
     index        [N]                      each sample's row index in its task source
+
+:meth:`ActivationPattern.load` checks all of this (and that the ``.json`` sidecar, when there is
+one, records the same tensor shapes) and raises :class:`PatternError` naming the file.
 """
 
 from __future__ import annotations
@@ -19,7 +22,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from .errors import HeadwayError
 from .storage import atomic_save_tensors, atomic_write_json
+
+OPTIONAL_TENSORS = ("per_sample", "loss", "index")
+
+
+class PatternError(HeadwayError, ValueError):
+    """A pattern file that cannot be read or is not a consistent activation pattern."""
 
 
 def pattern_paths(path: str | Path) -> tuple[Path, Path]:
@@ -56,7 +66,7 @@ class ActivationPattern:
         """Write ``path``.safetensors and ``path``.json atomically; return the tensor file."""
         tensor_file, json_file = pattern_paths(path)
         tensors = {"scores": self.scores.float()}
-        for name in ("per_sample", "loss", "index"):
+        for name in OPTIONAL_TENSORS:
             value = getattr(self, name)
             if value is not None:
                 tensors[name] = value
@@ -68,18 +78,98 @@ class ActivationPattern:
 
     @classmethod
     def load(cls, path: str | Path) -> ActivationPattern:
-        """Read a pattern written by :meth:`save` (path with or without suffix)."""
-        tensor_file, _ = pattern_paths(path)
+        """Read a pattern written by :meth:`save` (``NAME``, ``NAME.safetensors`` or
+        ``NAME.json``). Raises FileNotFoundError without the tensor file and
+        :class:`PatternError` for a damaged or inconsistent one."""
+        tensor_file, json_file = pattern_paths(path)
         if not tensor_file.is_file():
             raise FileNotFoundError(f"no activation pattern at {tensor_file}")
+        tensors, meta = _read_tensor_file(tensor_file)
+        _check_shapes(tensor_file, tensors)
+        _check_sidecar(tensor_file, json_file, tensors)
+        return cls(scores=tensors["scores"], meta=meta, per_sample=tensors.get("per_sample"),
+                   loss=tensors.get("loss"), index=tensors.get("index"))
+
+
+def _read_tensor_file(tensor_file: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the ``headway`` metadata of a pattern's safetensors file."""
+    from safetensors import SafetensorError
+
+    try:
         with safe_open(str(tensor_file), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if "scores" not in tensors:
-            raise ValueError(f"{tensor_file} is not a headway activation pattern (no 'scores')")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise PatternError(f"{tensor_file}: not a readable safetensors file (truncated or "
+                           f"corrupt): {_first_line(err)}",
+                           hint="score the task again to rewrite it") from err
+    if "scores" not in tensors:
+        raise PatternError(f"{tensor_file} is not a headway activation pattern (no 'scores' "
+                           f"tensor; it has {sorted(tensors) or 'none'})")
+    try:
         meta = json.loads(header.get("headway", "{}"))
-        return cls(scores=tensors["scores"], meta=meta, per_sample=tensors.get("per_sample"),
-                   loss=tensors.get("loss"), index=tensors.get("index"))
+    except ValueError as err:
+        raise PatternError(f"{tensor_file}: its 'headway' metadata is not valid JSON: "
+                           f"{err}") from err
+    if not isinstance(meta, dict):
+        raise PatternError(f"{tensor_file}: its 'headway' metadata is not a JSON object")
+    return tensors, meta
+
+
+def _check_shapes(tensor_file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise PatternError unless scores is [L, H] (floats) and per_sample [N, L, H], loss [N]
+    and index [N] agree with it and with each other."""
+    def bad(what: str) -> PatternError:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in sorted(tensors.items()))
+        return PatternError(f"{tensor_file}: {what} ({shapes})")
+
+    scores = tensors["scores"]
+    if scores.ndim != 2 or 0 in scores.shape or not scores.is_floating_point():
+        raise bad("'scores' must be a non-empty [n_layers, n_heads] float tensor")
+    per_sample = tensors.get("per_sample")
+    if per_sample is not None and (per_sample.ndim != 3 or per_sample.shape[1:] != scores.shape):
+        raise bad("'per_sample' must be [N, n_layers, n_heads] with the layers and heads of "
+                  "'scores'")
+    for name in ("loss", "index"):
+        if name in tensors and tensors[name].ndim != 1:
+            raise bad(f"{name!r} must be a [N] vector")
+    lengths = {k: tensors[k].shape[0] for k in OPTIONAL_TENSORS if k in tensors}
+    if len(set(lengths.values())) > 1:
+        raise bad(f"per-sample tensors disagree on N ({', '.join(f'{k} {n}' for k, n in lengths.items())})")
+
+
+def _check_sidecar(tensor_file: Path, json_file: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise PatternError when ``json_file`` exists but cannot be read or records other tensor
+    shapes than ``tensor_file`` holds (the two files come from different runs)."""
+    if not json_file.is_file():
+        return
+    hint = (f"the two files were written by different runs, or one was damaged: score again, "
+            f"or delete {json_file.name} to use {tensor_file.name} alone")
+    try:
+        sidecar = json.loads(json_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PatternError(f"{json_file}: cannot read this sidecar of {tensor_file}: "
+                           f"{_first_line(err)}", hint=hint) from err
+    recorded = sidecar.get("tensors") if isinstance(sidecar, dict) else None
+    if recorded is None:
+        return  # written by something that records no shapes
+    actual = {k: list(v.shape) for k, v in tensors.items()}
+    if recorded != actual:
+        raise PatternError(f"{json_file} records tensors {_shapes(recorded)} but {tensor_file} "
+                           f"holds {_shapes(actual)}", hint=hint)
+
+
+def _shapes(shapes) -> str:
+    """``{"scores": [2, 4]}`` as ``scores [2, 4]``, sorted by name."""
+    if not isinstance(shapes, dict):
+        return repr(shapes)
+    return ", ".join(f"{k} {v}" for k, v in sorted(shapes.items()))
+
+
+def _first_line(err: BaseException) -> str:
+    """The first non-blank line of an exception's message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def library_versions() -> dict[str, str]:

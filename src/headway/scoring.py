@@ -23,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -211,14 +213,38 @@ class ScoreCheckpoint:
         self.every_s = every_s
         self.last_save = time.monotonic()
 
-    def load(self) -> dict[str, torch.Tensor] | None:
+    def load(self, like: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+        """The saved state of this run, or None: no file, another run's file, a file whose
+        tensors differ in name, shape or dtype from ``like`` (the fresh state), or a file that
+        cannot be read (moved aside to ``<path>.corrupt`` with a warning)."""
         if not (self.path and self.path.is_file()):
             return None
-        from safetensors import safe_open
-        with safe_open(str(self.path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") != self.key:
-                return None
-        return load_file(str(self.path))
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                if (f.metadata() or {}).get("key") != self.key:
+                    return None
+            state = load_file(str(self.path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            self._set_aside(err)
+            return None
+        if like is not None and {k: (v.shape, v.dtype) for k, v in state.items()} != {
+                k: (v.shape, v.dtype) for k, v in like.items()}:
+            _warn(f"{self.path}: its tensors do not fit this run; ignoring it and starting over")
+            return None
+        return state
+
+    def _set_aside(self, err: BaseException) -> None:
+        """Rename an unreadable resume file to ``<path>.corrupt`` so that it stops blocking
+        reruns; say so on stderr."""
+        corrupt = self.path.with_name(self.path.name + ".corrupt")
+        try:
+            os.replace(self.path, corrupt)
+            where = f"moved it to {corrupt}"
+        except OSError:
+            where = "could not move it aside"
+        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+        _warn(f"{self.path}: unreadable resume file ({reason}); {where}; scoring starts over")
 
     def save(self, state: dict[str, torch.Tensor]) -> None:
         if self.path and time.monotonic() - self.last_save >= self.every_s:
@@ -228,6 +254,11 @@ class ScoreCheckpoint:
     def remove(self) -> None:
         if self.path:
             self.path.unlink(missing_ok=True)
+
+
+def _warn(message: str) -> None:
+    """One ``headway: warning:`` line on stderr."""
+    print(f"headway: warning: {message}", file=sys.stderr, flush=True)
 
 
 def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: int,
@@ -257,9 +288,9 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
         raise ScoringError("nothing to score: no rows left after encoding")
     batch_size = batch_size or default_batch_size(convention)
     N = len(encoded)
-    state = (checkpoint.load() if checkpoint else None) or {
-        "per_sample": torch.zeros(N, n_layers, n_heads), "loss": torch.zeros(N),
-        "done": torch.zeros(N, dtype=torch.bool)}
+    fresh = {"per_sample": torch.zeros(N, n_layers, n_heads), "loss": torch.zeros(N),
+             "done": torch.zeros(N, dtype=torch.bool)}
+    state = (checkpoint.load(like=fresh) if checkpoint else None) or fresh
     batches = make_batches([len(e.input_ids) for e in encoded], batch_size,
                            sort_by_length=convention == "sample")
     batches = batches[rank::world]
@@ -308,7 +339,8 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
         raise ScoringError("the paper convention uses the released script's 'qa' template")
     start = time.perf_counter()
     encoded, stats = encode_examples(task.examples, lm.tokenizer, template=template,
-                                     max_length=max_length, overlong=overlong, source=task.source)
+                                     max_length=max_length, overlong=overlong, source=task.source,
+                                     prompt_field=getattr(task, "prompt_field", None))
     batch_size = batch_size or default_batch_size(convention)
     settings = {"convention": convention, "method": method, "batch_size": batch_size,
                 "template": template, "max_length": max_length, "overlong": overlong}

@@ -66,3 +66,33 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                  metadata=metadata)
     return atomic_write_bytes(path, data)
+
+
+def safetensors_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file, or None when it looks whole.
+
+    Cheap: reads only the header (8-byte little-endian length, then that many bytes of JSON) and
+    checks that the data offsets it records end exactly at the end of the file.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return f"only {size} bytes, too short for a header"
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return f"its header claims {n} bytes but the file has {size}"
+            header = json.loads(f.read(n))
+    except OSError as err:
+        return f"cannot read it: {err.strerror or err}"
+    except ValueError:  # also UnicodeDecodeError
+        return "its header is not valid JSON"
+    try:
+        end = max((int(t["data_offsets"][1]) for name, t in header.items()
+                   if name != "__metadata__"), default=0)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):
+        return "its header records no valid data offsets"
+    if 8 + n + end != size:
+        return f"{size} bytes, but its header describes {8 + n + end}"
+    return None

@@ -3,13 +3,14 @@ templates, and the one prompt/response encoding that scoring and training share.
 
 A task is a list of (prompt, response) examples. ``load_task`` resolves a source in this order:
 built-in name -> ``"rg:<reasoning_gym name>"`` -> local file (.jsonl .json .csv .parquet) ->
-local folder -> Hugging Face dataset id. Every bad input raises ``TaskError`` naming the file or
-dataset and, for row problems, the 0-based row index and the field.
+local folder -> Hugging Face dataset id (the file, folder and hub loaders are in
+:mod:`headway.sources`; only a name that can be a hub dataset id is looked up there). Every bad
+input raises ``TaskError`` naming the file or dataset and, for row problems, the 0-based row
+index and the field.
 """
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
 import json
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from .errors import HeadwayError
-from .progress import quiet_hf_progress
 
 PROMPT_FIELDS = ("prompt", "question", "instruction", "input", "problem", "query")
 RESPONSE_FIELDS = ("response", "answer", "completion", "output", "solution")
@@ -80,6 +80,8 @@ class Task:
     examples: list[Example]
     data_hash: str  # sha256 of the canonical JSON of [[prompt, response], ...]
     spec: TaskSpec  # the spec used, with n and name filled in
+    prompt_field: str | None = None  # the column the prompts came from
+    response_field: str | None = None  # the column the responses came from
 
 
 def task_record(task: Task) -> dict:
@@ -107,6 +109,8 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
     if spec.offset < 0 or (spec.n is not None and spec.n < 1):
         raise TaskError(f"{spec.source}: need offset >= 0 and n >= 1 (got offset={spec.offset}, n={spec.n})")
 
+    from .sources import check_hub_source, load_file, load_folder, load_hub
+
     source = spec.source
     generator = generator_name(source)
     if generator:
@@ -115,14 +119,13 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
     if path.is_file():
         where = str(path.resolve())
         stem = path.stem if path.stem not in SPLIT_NAMES else f"{path.resolve().parent.name}-{path.stem}"
-        return _from_table(spec, _load_file(path, where), where, stem)
+        return _from_table(spec, load_file(path, where), where, stem)
     if path.is_dir():
         where = f"{path.resolve()} (split={spec.split})"
-        return _from_table(spec, _load_folder(path, spec.split, where), where, path.resolve().name)
-    if path.suffix.lower() in FILE_BUILDERS or source.startswith(("/", ".", "~")) or source.count("/") > 1:
-        raise TaskError(f"{source}: no such file or folder")
+        return _from_table(spec, load_folder(path, spec.split, where), where, path.resolve().name)
+    check_hub_source(source, list(BUILTIN_TASKS))  # fails fast for typos and missing paths
     where = f"{source} (config={spec.config}, split={spec.split})"
-    return _from_table(spec, _load_hub(spec, where), where, source.split("/")[-1])
+    return _from_table(spec, load_hub(spec, list(BUILTIN_TASKS)), where, source.split("/")[-1])
 
 
 def generator_name(source: str) -> str | None:
@@ -177,6 +180,8 @@ def _from_table(spec: TaskSpec, dataset, where: str, default_name: str) -> Task:
     prompt_field = _resolve_field(spec.prompt_field, PROMPT_FIELDS, columns, "prompt", where)
     response_field = _resolve_field(spec.response_field, RESPONSE_FIELDS, columns, "response", where)
     total = len(dataset)
+    if total == 0:
+        raise TaskError(f"{where}: no rows")
     available = total - spec.offset
     n = spec.n if spec.n is not None else available
     if n < 1 or n > available:
@@ -202,7 +207,8 @@ def _build(spec, where, default_name, indices, prompts, responses, prompt_field,
     name = spec.name or default_name
     return Task(name=name, source=where, examples=examples,
                 data_hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
-                spec=replace(spec, n=len(examples), name=name))
+                spec=replace(spec, n=len(examples), name=name),
+                prompt_field=prompt_field, response_field=response_field)
 
 
 def _resolve_field(explicit, candidates, columns, role, where) -> str:
@@ -229,66 +235,6 @@ def _check_value(where: str, index: int, field_name: str, value) -> None:
     else:
         return
     raise TaskError(f"{where}: row {index}: field {field_name!r} is {problem}")
-
-
-def _load_file(path: Path, where: str):
-    """Return the file's rows as a ``datasets.Dataset``; CSV cells are read as verbatim text."""
-    import datasets
-
-    builder = FILE_BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise TaskError(f"{where}: unsupported file type {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}")
-    kwargs = {}
-    try:
-        if builder == "csv":
-            with open(path, newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
-            kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
-                      "keep_default_na": False}
-        with quiet_hf_progress():
-            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    except Exception as exc:
-        bad = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else ""
-        raise TaskError(f"{where}: cannot read as {builder}{bad}: {_describe(exc)}") from exc
-
-
-def _first_bad_json_line(path: Path) -> str:
-    """Return ", row i (line j) is not valid JSON" for the first bad JSONL line, else ""."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = [(j, line) for j, line in enumerate(f, 1) if line.strip()]
-        for row, (j, line) in enumerate(lines):
-            try:
-                json.loads(line)
-            except json.JSONDecodeError:
-                return f", row {row} (line {j}) is not valid JSON"
-    except (OSError, UnicodeDecodeError):
-        pass
-    return ""
-
-
-def _load_folder(path: Path, split: str, where: str):
-    """Return ``datasets.load_dataset(folder, split=split)``."""
-    import datasets
-
-    try:
-        with quiet_hf_progress():
-            return datasets.load_dataset(str(path), split=split)
-    except Exception as exc:
-        raise TaskError(f"{where}: cannot load the folder as a dataset: {_describe(exc)}") from exc
-
-
-def _load_hub(spec: TaskSpec, where: str):
-    """Return ``datasets.load_dataset(source, config, split=split)`` from the hub or its cache."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(spec.source, spec.config, split=spec.split)
-    except Exception as exc:
-        raise TaskError(
-            f"{where}: not a built-in task ({', '.join(BUILTIN_TASKS)}), not 'rg:<name>', and could not be "
-            f"found locally or on the Hugging Face hub: {_describe(exc)}. Offline (no network, or "
-            f"HF_DATASETS_OFFLINE=1 / HF_HUB_OFFLINE=1) only cached hub datasets load.") from exc
 
 
 def _describe(exc: BaseException) -> str:
@@ -337,11 +283,14 @@ class EncodeStats:
 
 
 def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa", max_length: int = 1024,
-                    overlong: str = "truncate", source: str = "") -> tuple[list[Encoded], EncodeStats]:
+                    overlong: str = "truncate", source: str = "",
+                    prompt_field: str | None = None) -> tuple[list[Encoded], EncodeStats]:
     """Tokenise prompt and response separately and concatenate; return the encodings and counts.
 
     input_ids = prompt_ids + response_ids + [eos]; labels = [-100] * len(prompt_ids) + the rest.
     Rows longer than ``max_length`` are cut from the right ("truncate") or left out ("drop").
+    ``source`` and ``prompt_field`` (``Task.source``, ``Task.prompt_field``) name the file and
+    column in errors.
     """
     if overlong not in OVERLONG_POLICIES:
         raise TaskError(f"unknown overlong policy {overlong!r}; use one of {list(OVERLONG_POLICIES)}")
@@ -367,12 +316,20 @@ def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa"
             continue
         if truncated:
             if len(p_ids) >= max_length:
-                raise TaskError(f"{source or 'examples'}: row {example.index}: field 'response' has no token left "
-                                f"after truncation: the prompt alone has {len(p_ids)} tokens >= max_length="
-                                f"{max_length}; raise max_length or use overlong='drop'")
+                raise _prompt_too_long(source, example.index, prompt_field, len(p_ids), max_length)
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         encoded.append(Encoded(input_ids=input_ids, labels=labels, index=example.index, truncated=truncated))
     stats = EncodeStats(n_in=len(examples), n_out=len(encoded), n_truncated=sum(e.truncated for e in encoded),
                         n_dropped=n_dropped, n_tokens=sum(len(e.input_ids) for e in encoded),
                         n_response_tokens=sum(sum(l != -100 for l in e.labels) for e in encoded))
     return encoded, stats
+
+
+def _prompt_too_long(source: str, index: int, prompt_field: str | None, n: int,
+                     max_length: int) -> TaskError:
+    """The error for a row whose rendered prompt leaves no token for the response."""
+    column = f" (field {prompt_field!r})" if prompt_field else ""
+    return TaskError(f"{source or 'examples'}: row {index}: the prompt{column} alone has {n} tokens "
+                     f">= max_length={max_length}, leaving none for the response",
+                     hint=f"raise --max-length (max_length=...) above {n} or use --overlong drop "
+                          f"(overlong='drop')")
