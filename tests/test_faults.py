@@ -207,14 +207,27 @@ def test_ctrl_c_during_scoring_keeps_the_partial(llama_dir, tmp_path, monkeypatc
         return real(*args, **kw)
 
     monkeypatch.setattr(scoring, "gate_scores", interrupted)
-    monkeypatch.setattr(scoring.ScoreCheckpoint, "save", lambda self, state: (
-        scoring.atomic_save_tensors(self.path, state, metadata={"key": self.key})))
+    real_init = scoring.ScoreCheckpoint.__init__
+
+    def keep_every_batch(self, *args, **kw):
+        real_init(self, *args, **kw)
+        self.every_s = 0.0
+
+    monkeypatch.setattr(scoring.ScoreCheckpoint, "__init__", keep_every_batch)
     out = tmp_path / "p"
     assert main(score_args(llama_dir, out)) == 130
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "interrupted" in err and "again" in err
-    assert Path(f"{out}.partial.safetensors").is_file()
+    partial = Path(f"{out}.partial.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(partial), framework="pt") as f:
+        first_session = float(f.metadata()["elapsed_s"])
+    # the rerun resumes, and its elapsed time counts the interrupted session too
+    monkeypatch.setattr(scoring, "gate_scores", real)
+    assert main(score_args(llama_dir, out)) == 0
+    assert ActivationPattern.load(out).meta["elapsed_s"] >= first_session > 0
+    assert not partial.exists()
 
 
 @pytest.mark.parametrize("command", ["score", "train", "analyze"])

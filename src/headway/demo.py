@@ -23,11 +23,14 @@ SFT_BATCH = 4
 
 
 def _reusable(path: Path, lm, task) -> bool:
-    from .patterns import ActivationPattern, pattern_paths
+    from .patterns import ActivationPattern, PatternError, pattern_paths
 
     if not pattern_paths(path)[0].is_file():
         return False
-    meta = ActivationPattern.load(path).meta
+    try:
+        meta = ActivationPattern.load(path).meta
+    except PatternError:  # damaged: score it again
+        return False
     return (meta.get("task", {}).get("data_hash") == task.data_hash
             and meta.get("model", {}).get("revision") == lm.revision
             and meta.get("convention") == "sample")

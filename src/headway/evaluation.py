@@ -180,7 +180,7 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     scores = [check(i, g, e.response) for i, (g, e) in enumerate(zip(generated, examples))]
     correct = sum(score >= 1.0 for score in scores)
     encoded, _ = encode_examples(examples, lm.tokenizer, s.template, s.max_length, s.overlong,
-                                 task.source)
+                                 task.source, prompt_field=task.prompt_field)
     loss = mean_loss(lm.model, encoded, lm.tokenizer.pad_token_id, s.batch_size)
     low, high = wilson_interval(correct, len(examples))
     return {

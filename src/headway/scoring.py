@@ -212,6 +212,12 @@ class ScoreCheckpoint:
         self.key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         self.every_s = every_s
         self.last_save = time.monotonic()
+        self.started = time.perf_counter()
+        self.prior_s = 0.0  # seconds spent by earlier, interrupted sessions of this run
+
+    def elapsed(self) -> float:
+        """Seconds spent on this run over all its sessions, up to now."""
+        return self.prior_s + time.perf_counter() - self.started
 
     def load(self, like: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
         """The saved state of this run, or None: no file, another run's file, a file whose
@@ -222,7 +228,8 @@ class ScoreCheckpoint:
         from safetensors import SafetensorError, safe_open
         try:
             with safe_open(str(self.path), framework="pt") as f:
-                if (f.metadata() or {}).get("key") != self.key:
+                header = f.metadata() or {}
+                if header.get("key") != self.key:
                     return None
             state = load_file(str(self.path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
@@ -232,6 +239,10 @@ class ScoreCheckpoint:
                 k: (v.shape, v.dtype) for k, v in like.items()}:
             _warn(f"{self.path}: its tensors do not fit this run; ignoring it and starting over")
             return None
+        try:
+            self.prior_s = float(header.get("elapsed_s", 0.0))
+        except ValueError:
+            self.prior_s = 0.0
         return state
 
     def _set_aside(self, err: BaseException) -> None:
@@ -248,7 +259,8 @@ class ScoreCheckpoint:
 
     def save(self, state: dict[str, torch.Tensor]) -> None:
         if self.path and time.monotonic() - self.last_save >= self.every_s:
-            atomic_save_tensors(self.path, state, metadata={"key": self.key})
+            atomic_save_tensors(self.path, state, metadata={"key": self.key,
+                                                            "elapsed_s": f"{self.elapsed():.3f}"})
             self.last_save = time.monotonic()
 
     def remove(self) -> None:
@@ -361,7 +373,8 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
         mean_loss=float(result["loss"].mean()),
         n_input_rows=stats.n_in, n_truncated=stats.n_truncated, n_dropped=stats.n_dropped,
         n_tokens=stats.n_tokens, n_response_tokens=stats.n_response_tokens,
-        elapsed_s=round(time.perf_counter() - start, 3), world_size=world)
+        elapsed_s=round(checkpoint.elapsed() if checkpoint else time.perf_counter() - start, 3),
+        world_size=world)  # elapsed_s: over every session of a resumed run
     pattern = ActivationPattern(
         scores=per_sample.abs().mean(0), meta=meta,
         per_sample=per_sample if keep_per_sample else None, loss=result["loss"],

@@ -206,7 +206,7 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
                 raise ConfigError(f"probe rows of {source} overlap its training rows "
                                   f"{sorted(overlap)[:5]}")
         encoded, _ = encode_examples(task.examples, tokenizer, c.template, c.max_length,
-                                     c.overlong, task.source)
+                                     c.overlong, task.source, prompt_field=task.prompt_field)
         settings = {"convention": "sample", "method": "gate", "batch_size": 8,
                     "template": c.template, "max_length": c.max_length, "overlong": c.overlong}
         probes.append(Probe(name=task.name, encoded=encoded, task=task_record(task),
@@ -250,7 +250,8 @@ def run_train(c: TrainConfig) -> dict:
         # here, and then re-ties them, which is what loading needs
         lm.model._keys_to_ignore_on_save = set(tied)
     encoded, stats = encode_examples(train_task.examples, lm.tokenizer, c.template,
-                                     c.max_length, c.overlong, train_task.source)
+                                     c.max_length, c.overlong, train_task.source,
+                                     prompt_field=train_task.prompt_field)
     probes = build_probes(c, lm.tokenizer, train_task) if c.tracking else []
     initial = HeadWeights(lm.model).snapshot() if c.tracking else {}
 
