@@ -61,7 +61,7 @@ def install(point: str, n: int) -> None:
 
         RunMarker.on_step_end = on_step_end
     elif point == "probe-record":
-        from headway import tracking
+        from headway import callback as tracking
 
         real_write = tracking.atomic_save_tensors
 

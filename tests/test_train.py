@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from headway import tracking
+from headway import callback, tracking
 from headway.cli import main
 from headway.patterns import ActivationPattern
 from headway.train import ConfigError, load_config, run_train
@@ -62,18 +62,18 @@ def test_resume_after_kill_continues_without_losing_records(model_dir, tmp_path,
     """Killed at step 7 (checkpoint at 4, records at 0 2 4 6): the resumed run keeps 0-4,
     drops the abandoned 6, records 6 and 8 anew, and ends where an uninterrupted run ends."""
     run, straight = tmp_path / "run", tmp_path / "straight"
-    real = tracking.PatternTracker.on_step_end
+    real = callback.PatternCallback.on_step_end
 
     def killed_at_step_7(self, args, state, control, **kw):
         if state.global_step == 7:
             raise KeyboardInterrupt("killed")
         return real(self, args, state, control, **kw)
 
-    monkeypatch.setattr(tracking.PatternTracker, "on_step_end", killed_at_step_7)
+    monkeypatch.setattr(callback.PatternCallback, "on_step_end", killed_at_step_7)
     with pytest.raises(KeyboardInterrupt):
         run_train(config(model_dir, run, save_steps=4, max_steps=8))
     assert probe_steps(run) == [0, 2, 4, 6]
-    monkeypatch.setattr(tracking.PatternTracker, "on_step_end", real)
+    monkeypatch.setattr(callback.PatternCallback, "on_step_end", real)
 
     manifest = run_train(config(model_dir, run, save_steps=4, max_steps=8))
     assert manifest["resumed_from"].endswith("checkpoint-4")

@@ -229,7 +229,7 @@ def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int,
         encoded, _ = encode_examples(task.examples, lm.tokenizer,
                                      p.meta.get("template", "qa"), p.meta.get("max_length", 1024),
                                      p.meta.get("overlong", "truncate"), task.source)
-        out[name] = {mode: faithfulness(lm.model, encoded, lm.tokenizer.pad_token_id,
+        out[name] = {mode: faithfulness(lm.model, encoded, lm.pad_id,
                                         p.scores.numpy(), k, n_random, mode, seed)
                      for mode in modes}
     return out

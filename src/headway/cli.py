@@ -77,7 +77,7 @@ def _load_model(args, state=None):
 
 
 def cmd_score(args) -> int:
-    from .scoring import score
+    from .scoring import score_task
 
     from .storage import check_writable
 
@@ -87,7 +87,7 @@ def cmd_score(args) -> int:
     if not state or state.is_main_process:
         check_writable(output.parent)
     lm = _load_model(args, state)
-    pattern = score(lm, task, convention=args.convention, method=args.method,
+    pattern = score_task(lm, task, convention=args.convention, method=args.method,
                     batch_size=args.batch_size, template=args.template,
                     max_length=args.max_length, overlong=args.overlong,
                     keep_per_sample=args.per_sample, progress=not args.no_progress,

@@ -42,7 +42,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     from .analyze import analyze
     from .html_report import write_report
     from .models import load_model
-    from .scoring import score
+    from .scoring import score_task
     from .storage import atomic_write_bytes
     from .tasks import TaskSpec, load_task
     from .run_dir import clear_other_run
@@ -60,7 +60,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
         if _reusable(path, lm, task):
             print(f"  {name}: reusing {path}.safetensors")
         else:
-            score(lm, task, keep_per_sample=True, progress=progress, save_to=path)
+            score_task(lm, task, keep_per_sample=True, progress=progress, save_to=path)
         pattern_paths.append(str(path))
     del lm
 

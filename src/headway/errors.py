@@ -15,3 +15,7 @@ class HeadwayError(Exception):
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
+
+
+class ModelError(HeadwayError, ValueError):
+    """A model could not be loaded or is not supported."""

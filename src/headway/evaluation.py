@@ -164,7 +164,7 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     (each row's mean response-token loss in nats, averaged over rows; lower is better) of
     ``lm`` on ``task``; per-row records included."""
     from .ablation import mean_loss
-    from .tasks import encode_examples, render_prompt, task_record
+    from .tasks import encode_examples, render_example, task_record, uses_chat_template
 
     s = settings or EvalSettings()
     examples = task.examples
@@ -174,14 +174,14 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     answer_tokens = lm.tokenizer([e.response for e in examples],
                                  add_special_tokens=False)["input_ids"]
     max_new = s.max_new_tokens or int(1.5 * max(len(a) for a in answer_tokens)) + 8
-    prompts = [render_prompt(e.prompt, s.template, lm.tokenizer) for e in examples]
+    prompts = [render_example(e, s.template, lm.tokenizer) for e in examples]
     generated = generate(lm, prompts, max_new, s.batch_size, progress,
-                         add_special_tokens=s.template != "chat")
+                         add_special_tokens=not uses_chat_template(examples, s.template))
     scores = [check(i, g, e.response) for i, (g, e) in enumerate(zip(generated, examples))]
     correct = sum(score >= 1.0 for score in scores)
     encoded, _ = encode_examples(examples, lm.tokenizer, s.template, s.max_length, s.overlong,
                                  task.source, prompt_field=task.prompt_field)
-    loss = mean_loss(lm.model, encoded, lm.tokenizer.pad_token_id, s.batch_size)
+    loss = mean_loss(lm.model, encoded, lm.pad_id, s.batch_size)
     low, high = wilson_interval(correct, len(examples))
     return {
         "task": task_record(task), "checker": kind, "n": len(examples), "correct": correct,

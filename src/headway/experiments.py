@@ -387,7 +387,7 @@ def run_select(e: Experiment, basics: list[str], pool_rows: int = 64, n: int = 6
     target rows); train on the top ``n``, then on the target; against ``n`` random pool rows."""
     from .mixing import similarity_ranking, top_n
     from .models import load_model
-    from .scoring import score
+    from .scoring import score_task
     from .storage import atomic_write_json
     from .tasks import TaskSpec, load_task
 
@@ -402,11 +402,11 @@ def run_select(e: Experiment, basics: list[str], pool_rows: int = 64, n: int = 6
     lm = load_model(e.model, device=_device())
     settings = dict(template=e.template, max_length=e.max_length, batch_size=batch_size,
                     progress=e.progress)
-    target = score(lm, target_task(e), save_to=folder / "target", **settings)
+    target = score_task(lm, target_task(e), save_to=folder / "target", **settings)
     pool, sims = [], []
     for b in basics:
         task = load_task(TaskSpec(b, n=pool_rows, seed=POOL_SEED, shuffle=True))
-        pattern = score(lm, task, keep_per_sample=True, save_to=folder / "pool" / task.name,
+        pattern = score_task(lm, task, keep_per_sample=True, save_to=folder / "pool" / task.name,
                         **settings)
         by_index = {e_.index: e_ for e_ in task.examples}
         sim = similarity_ranking(pattern.per_sample, target.scores, similarity)
@@ -449,7 +449,7 @@ def run_modes(e: Experiment, steps: int = 32, top_k: int = 10,
     steps and data: accuracy, response loss, trainable parameters, training time."""
     from .heads import top_heads_from_file
     from .models import load_model
-    from .scoring import score
+    from .scoring import score_task
 
     lrs = {"full": 5e-5, "lora": 2e-4, "heads": 5e-4, **(learning_rates or {})}
     _start(e, "modes", {"steps": steps, "top_k": top_k, "learning_rates": lrs, "lora_r": lora_r})
@@ -457,7 +457,7 @@ def run_modes(e: Experiment, steps: int = 32, top_k: int = 10,
     print(f"headway modes 1/3: pattern of {e.target} on its {e.target_rows} training rows")
     lm = load_model(e.model, device=_device())
     path = e.out / "heads" / "target"
-    score(lm, target_task(e), template=e.template, max_length=e.max_length,
+    score_task(lm, target_task(e), template=e.template, max_length=e.max_length,
           progress=e.progress, save_to=path)
     heads = [f"{l}.{h}" for l, h in top_heads_from_file(path, top_k, lm.n_layers, lm.n_heads)]
     del lm

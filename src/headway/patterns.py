@@ -62,6 +62,20 @@ class ActivationPattern:
         return [(int(i) // self.n_heads, int(i) % self.n_heads, float(v))
                 for v, i in zip(values, flat)]
 
+    def heatmap(self, ax=None, top: int = 5, title: str | None = None):
+        """Draw the L x H pattern (layers down, heads across) on a matplotlib ``ax`` (a new
+        figure when None), the ``top`` heads outlined; return the axes. Differences
+        (:func:`delta`) get a diverging scale centred on 0."""
+        from .report import draw_heatmap
+
+        task = self.meta.get("task", {}).get("name", "")
+        model = (self.meta.get("model") or {}).get("name", "")
+        is_delta = self.meta.get("kind") == DELTA_KIND
+        return draw_heatmap(self.scores.numpy(), ax=ax, top=self.top_heads(top) if top else None,
+                            diverging=is_delta, title=title if title is not None else
+                            f"{'ΔAP ' if is_delta else ''}{task} on {model}".strip(),
+                            label="ΔAP" if is_delta else "activation  mean |<Γ, ∂L/∂Γ>|")
+
     def save(self, path: str | Path) -> Path:
         """Write ``path``.safetensors and ``path``.json atomically; return the tensor file."""
         tensor_file, json_file = pattern_paths(path)
@@ -170,6 +184,45 @@ def _first_line(err: BaseException) -> str:
     """The first non-blank line of an exception's message."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def load_pattern(path: str | Path) -> ActivationPattern:
+    """Read a saved pattern (``NAME``, ``NAME.safetensors`` or ``NAME.json``)."""
+    return ActivationPattern.load(path)
+
+
+DELTA_KIND = "headway.PatternDelta"
+# what two patterns must share to be subtracted: the same rows, scored the same way
+SAME_SCORING = ("task.data_hash", "convention", "method", "template", "max_length", "overlong",
+                "n_samples", "model.n_layers", "model.n_heads")
+
+
+def _field(meta: dict, dotted: str):
+    for part in dotted.split("."):
+        meta = meta.get(part) if isinstance(meta, dict) else None
+    return meta
+
+
+def delta(after: ActivationPattern, before: ActivationPattern) -> ActivationPattern:
+    """ΔAP = AP(after) − AP(before), ``[L, H]``, signed: e.g. a model after SFT minus the base
+    model, on the same rows. Refuses (``PatternError``, naming the field) patterns of other
+    geometry, rows or scoring settings. The result's metadata keeps both models."""
+    if tuple(after.scores.shape) != tuple(before.scores.shape):
+        raise PatternError(f"cannot subtract a {before.n_layers} x {before.n_heads} pattern from "
+                           f"a {after.n_layers} x {after.n_heads} one (geometry differs)")
+    for name in SAME_SCORING:
+        a, b = _field(after.meta, name), _field(before.meta, name)
+        if a is not None and b is not None and a != b:
+            raise PatternError(f"cannot subtract patterns scored differently: {name} is {a!r} "
+                               f"after and {b!r} before",
+                               hint="score both models on the same rows with the same settings")
+    if after.index is not None and before.index is not None and not torch.equal(
+            after.index, before.index):
+        raise PatternError("cannot subtract patterns of different rows (index differs)")
+    meta = {key: after.meta[key] for key in ("task", *SAME_SCORING[1:7]) if key in after.meta}
+    meta.update(kind=DELTA_KIND, after=after.meta.get("model"), before=before.meta.get("model"),
+                model=after.meta.get("model"))
+    return ActivationPattern(scores=after.scores - before.scores, meta=meta)
 
 
 def library_versions() -> dict[str, str]:

@@ -30,174 +30,35 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from .errors import HeadwayError
+from .batching import collate, make_batches, response_token_losses  # noqa: F401
 from .distributed import barrier, rank_world
-from .models import attention_output_projections, unwrap_model
+from .head_scores import (  # noqa: F401  (re-exported)
+    CONVENTIONS,
+    METHODS,
+    ScoringError,
+    default_batch_size,
+    gate_scores,
+    head_gates,
+    objective,
+    reference_scores,
+)
 from .storage import atomic_save_tensors
 
-CONVENTIONS = ("sample", "paper")
-METHODS = ("gate", "reference")
-PAPER_BATCH_SIZE = 4
-
-
-def default_batch_size(convention: str) -> int:
-    """4 for the paper convention (the released script's batch), else 8."""
-    return PAPER_BATCH_SIZE if convention == "paper" else 8
-
-
-class ScoringError(HeadwayError, ValueError):
-    """Bad scoring arguments (unknown convention or method, empty input)."""
-
-
-def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
-    """Split positions ``0..N-1`` into batches of ``batch_size``.
-
-    ``sort_by_length``: longest first, so each batch holds rows of similar length and padding is
-    small (and an out-of-memory error shows up on the first batch). Otherwise file order.
-    """
-    order = list(range(len(lengths)))
-    if sort_by_length:
-        order.sort(key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def collate(encoded: Sequence, pad_id: int, pad_to: int | None = None,
-            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-pad encoded rows into ``input_ids``, ``attention_mask``, ``labels`` of ``[B, T]``.
-
-    ``pad_to`` pads every row to that many tokens (the released script pads to 1024); padding
-    never changes a score, only the cost.
-    """
-    width = max(max(len(e.input_ids) for e in encoded), pad_to or 0)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for b, e in enumerate(encoded):
-        n = len(e.input_ids)
-        ids[b, :n] = torch.tensor(e.input_ids)
-        labels[b, :n] = torch.tensor(e.labels)
-        mask[b, :n] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "labels": labels.to(device)}
-
-
-def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
-                          output_attentions: bool = False):
-    """Per-sample summed response-token loss and token counts.
-
-    Runs the decoder, then the LM head only on positions that predict a response token (so no
-    ``[B, T, vocab]`` tensor is built). Returns ``(loss_sum [B], n_tokens [B], attentions)``,
-    loss in nats, float32; ``attentions`` is the decoder's tuple of ``[B, H, T, T]`` when
-    ``output_attentions`` else None.
-    """
-    model = unwrap_model(model)
-    decoder = getattr(model, model.base_model_prefix)
-    out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  output_attentions=output_attentions, use_cache=False)
-    targets = batch["labels"][:, 1:]
-    keep = targets != -100
-    hidden = out.last_hidden_state[:, :-1][keep]  # [M, D]
-    logits = model.get_output_embeddings()(hidden).float()  # [M, V]
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    token_loss = F.cross_entropy(logits, targets[keep], reduction="none")  # [M]
-    rows = keep.nonzero()[:, 0]
-    B = targets.shape[0]
-    loss_sum = torch.zeros(B, device=logits.device).index_add(0, rows, token_loss)
-    n_tokens = keep.sum(1)
-    return loss_sum, n_tokens, (out.attentions if output_attentions else None)
-
-
-def objective(loss_sum: torch.Tensor, n_tokens: torch.Tensor, convention: str) -> torch.Tensor:
-    """The scalar L whose gradient defines the scores (see the module docstring)."""
-    if convention == "sample":
-        return (loss_sum / n_tokens.clamp(min=1)).sum()
-    if convention == "paper":
-        return loss_sum.sum() / n_tokens.sum().clamp(min=1)
-    raise ScoringError(f"unknown loss convention {convention!r}; choose one of {CONVENTIONS}")
-
 
 @contextlib.contextmanager
-def head_gates(model: nn.Module, batch_size: int, n_heads: int) -> Iterator[torch.Tensor]:
-    """Multiply every layer's head slice by a gate; yield the gates ``[L, B, H]`` (all ones,
-    requires grad). Hooks are removed on exit."""
-    projections = attention_output_projections(model)
-    gates = torch.ones(len(projections), batch_size, n_heads, requires_grad=True,
-                       device=next(model.parameters()).device)
-
-    def hook_for(layer: int):
-        def pre_hook(module, args):
-            x = args[0]  # [B, T, H*d]
-            shape = x.shape
-            g = gates[layer].to(x.dtype)[:, None, :, None]  # [B, 1, H, 1]
-            gated = (x.view(*shape[:-1], n_heads, -1) * g).view(shape)
-            return (gated, *args[1:])
-        return pre_hook
-
-    handles = [p.register_forward_pre_hook(hook_for(i)) for i, p in enumerate(projections)]
-    try:
-        yield gates
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def frozen_weights(model: nn.Module) -> Iterator[None]:
-    """Turn off weight gradients for the duration (the fast path needs none)."""
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the duration; the mode the model was in is restored, also
+    per submodule."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
         yield
     finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
-    """Fast path on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``."""
-    with torch.enable_grad(), frozen_weights(model), \
-            head_gates(model, batch["input_ids"].shape[0], n_heads) as g:
-        loss_sum, n_tokens, _ = response_token_losses(model, batch)
-        (grad,) = torch.autograd.grad(objective(loss_sum, n_tokens, convention), g)
-    return grad.float().transpose(0, 1), loss_sum.detach(), n_tokens
-
-
-@contextlib.contextmanager
-def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Switch the model to eager attention (which can return Γ) and back."""
-    previous = model.config._attn_implementation
-    if previous != "eager":
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if previous != "eager":
-            model.set_attn_implementation(previous)
-
-
-def reference_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
-    """Eager reference on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``.
-
-    Weight gradients are computed as in the released script, then discarded.
-    """
-    with eager_attention(model), torch.enable_grad():
-        loss_sum, n_tokens, attentions = response_token_losses(model, batch,
-                                                               output_attentions=True)
-        if attentions is None or any(a is None for a in attentions):
-            raise ScoringError(f"{type(model).__name__} returned no attention probabilities")
-        for a in attentions:
-            a.retain_grad()
-        objective(loss_sum, n_tokens, convention).backward()
-        scores = torch.stack([(a * a.grad).sum((-1, -2)) for a in attentions], 1)
-    model.zero_grad(set_to_none=True)
-    return scores.float().detach(), loss_sum.detach(), n_tokens
+        for m, training in modes:
+            m.training = training
 
 
 class ScoreCheckpoint:
@@ -310,7 +171,7 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     step = gate_scores if method == "gate" else reference_scores
     mine = sum(len(rows) for rows in batches)
     done = sum(int(state["done"][rows].sum()) for rows in batches)
-    with tqdm(total=mine, initial=done, desc=desc, unit="sample",
+    with eval_mode(model), tqdm(total=mine, initial=done, desc=desc, unit="sample",
               disable=not progress or rank != 0, dynamic_ncols=True) as bar:
         for rows in batches:
             if bool(state["done"][rows].all()):
@@ -331,7 +192,7 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     return {"per_sample": state["per_sample"], "loss": state["loss"]}
 
 
-def score(lm, task, convention: str = "sample", method: str = "gate",
+def score_task(lm, task, convention: str = "sample", method: str = "gate",
           batch_size: int | None = None, template: str = "qa", max_length: int = 1024,
           overlong: str = "truncate", keep_per_sample: bool = False, progress: bool = True,
           save_to: str | Path | None = None, pad_to: int | None = None):
@@ -363,7 +224,7 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
         tensor_file, _ = pattern_paths(save_to)
         suffix = ".partial.safetensors" if world == 1 else f".partial-{rank}-of-{world}.safetensors"
         checkpoint = ScoreCheckpoint(tensor_file.with_suffix(suffix), key)
-    result = score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.tokenizer.pad_token_id,
+    result = score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.pad_id,
                            convention=convention, method=method, batch_size=batch_size,
                            pad_to=pad_to, progress=progress, checkpoint=checkpoint,
                            desc=f"scoring {task.name}")
@@ -385,3 +246,39 @@ def score(lm, task, convention: str = "sample", method: str = "gate",
         barrier()
         checkpoint.remove()
     return pattern
+
+
+def score(model, tokenizer=None, data=None, *, prompt_field: str | None = None,
+          response_field: str | None = None, template: str = "qa", convention: str = "sample",
+          method: str = "gate", batch_size: int | None = None, max_length: int = 1024,
+          overlong: str = "truncate", per_sample: bool = False, progress: bool = True,
+          save_to: str | Path | None = None):
+    """The activation pattern of ``data`` on ``model``: AP[l, h] = mean_i |s_i[l, h]|.
+
+    ``model``: a transformers ``PreTrainedModel`` of a supported family, or a PEFT model
+    around one, in any mode (scores are computed in eval mode, and the mode is restored), on
+    any single device. ``tokenizer``: its Hugging Face tokenizer (one without a pad token is
+    fine; it is not changed). ``data``: a ``datasets.Dataset``, a list of dicts, a pandas
+    DataFrame, a file path or a task name (see :func:`headway.data.as_task`), with
+    prompt/response columns or conversational ``messages`` rows.
+
+    Returns an :class:`~headway.patterns.ActivationPattern`: ``scores`` ``[L, H]`` float32,
+    ``loss`` ``[N]`` (each row's mean response-token loss, nats), ``index`` ``[N]`` and, with
+    ``per_sample=True``, the signed ``per_sample`` ``[N, L, H]``. ``save_to``: also write it
+    there (``.safetensors`` + ``.json``), resuming from ``<save_to>.partial.safetensors``.
+
+    Also accepts ``score(loaded_model, task)`` with headway's own
+    :class:`~headway.models.LoadedModel` and :class:`~headway.tasks.Task`.
+    """
+    from .data import as_task
+    from .models import LoadedModel, wrap_model
+
+    if isinstance(model, LoadedModel) and data is None:  # score(lm, task)
+        tokenizer, data = model.tokenizer, tokenizer
+    if data is None:
+        raise ScoringError("score(model, tokenizer, data): no data given")
+    lm = wrap_model(model, tokenizer)
+    task = as_task(data, prompt_field=prompt_field, response_field=response_field)
+    return score_task(lm, task, convention=convention, method=method, batch_size=batch_size,
+                      template=template, max_length=max_length, overlong=overlong,
+                      keep_per_sample=per_sample, progress=progress, save_to=save_to)

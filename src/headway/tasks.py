@@ -54,6 +54,9 @@ class Example:
     prompt: str  # the raw question/prompt text (before the template)
     response: str  # the raw answer text (before EOS)
     index: int  # 0-based row index in the source file / dataset / generator
+    # conversational rows: the turns before the response (rendered by the chat template);
+    # ``prompt`` is then the last user turn, for display
+    messages: list[dict] | None = None
 
 
 @dataclass
@@ -175,10 +178,17 @@ def _from_generator(spec: TaskSpec, generator: str, default_name: str) -> Task:
 
 
 def _from_table(spec: TaskSpec, dataset, where: str, default_name: str) -> Task:
-    """Select rows of a ``datasets.Dataset`` (optionally shuffled), then offset and n."""
+    """Select rows of a ``datasets.Dataset`` (optionally shuffled), then offset and n.
+    A ``messages`` column (and no prompt column) makes the rows conversational
+    (:func:`headway.data.from_messages`)."""
     columns = list(dataset.column_names)
-    prompt_field = _resolve_field(spec.prompt_field, PROMPT_FIELDS, columns, "prompt", where)
-    response_field = _resolve_field(spec.response_field, RESPONSE_FIELDS, columns, "response", where)
+    from .data import conversational_field
+
+    messages_field = conversational_field(spec, columns)
+    if messages_field is None:
+        prompt_field = _resolve_field(spec.prompt_field, PROMPT_FIELDS, columns, "prompt", where)
+        response_field = _resolve_field(spec.response_field, RESPONSE_FIELDS, columns, "response",
+                                        where)
     total = len(dataset)
     if total == 0:
         raise TaskError(f"{where}: no rows")
@@ -192,6 +202,12 @@ def _from_table(spec: TaskSpec, dataset, where: str, default_name: str) -> Task:
         random.Random(spec.seed).shuffle(order)
     indices = order[spec.offset:spec.offset + n]
     rows = dataset.select(indices)
+    if messages_field is not None:
+        from .data import from_messages
+
+        return _finish(spec, where, default_name,
+                       from_messages(rows[messages_field], indices, messages_field, where),
+                       messages_field, messages_field)
     return _build(spec, where, default_name, indices, rows[prompt_field], rows[response_field],
                   prompt_field, response_field)
 
@@ -203,7 +219,14 @@ def _build(spec, where, default_name, indices, prompts, responses, prompt_field,
         _check_value(where, index, prompt_field, prompt)
         _check_value(where, index, response_field, response)
         examples.append(Example(prompt=prompt, response=response, index=index))
-    canonical = json.dumps([[e.prompt, e.response] for e in examples], ensure_ascii=False, separators=(",", ":"))
+    return _finish(spec, where, default_name, examples, prompt_field, response_field)
+
+
+def _finish(spec, where, default_name, examples, prompt_field, response_field) -> Task:
+    """The Task of validated ``examples``, with its data hash (of prompts, or of the turns
+    before the response for conversational rows, and responses)."""
+    canonical = json.dumps([[e.messages if e.messages is not None else e.prompt, e.response]
+                            for e in examples], ensure_ascii=False, separators=(",", ":"))
     name = spec.name or default_name
     return Task(name=name, source=where, examples=examples,
                 data_hash=hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
@@ -247,6 +270,25 @@ def _describe(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- templates and encoding
+
+
+def render_example(example: Example, template: str, tokenizer=None) -> str:
+    """The prompt text the model sees for ``example``: conversational rows through the
+    tokenizer's chat template (whatever ``template`` says), others by :func:`render_prompt`."""
+    if example.messages is None:
+        return render_prompt(example.prompt, template, tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise TaskError(f"conversational rows ('messages') need a chat template; tokenizer "
+                        f"{name!r} has none", hint="give prompt/response columns instead")
+    return tokenizer.apply_chat_template(example.messages, tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def uses_chat_template(examples: list[Example], template: str) -> bool:
+    """True when the prompts are rendered by a chat template (which adds its own special
+    tokens, so the tokenizer must not add BOS again)."""
+    return template == "chat" or any(e.messages is not None for e in examples)
 
 
 def render_prompt(prompt: str, template: str, tokenizer=None) -> str:
@@ -302,8 +344,9 @@ def encode_examples(examples: Iterable[Example], tokenizer, template: str = "qa"
     examples = list(examples)
     if not examples:
         return [], EncodeStats(0, 0, 0, 0, 0, 0)
-    prompts = [render_prompt(e.prompt, template, tokenizer) for e in examples]
-    prompt_ids = tokenizer(prompts, add_special_tokens=template != "chat")["input_ids"]
+    prompts = [render_example(e, template, tokenizer) for e in examples]
+    prompt_ids = tokenizer(prompts, add_special_tokens=not uses_chat_template(examples, template)
+                           )["input_ids"]
     response_ids = tokenizer([e.response for e in examples], add_special_tokens=False)["input_ids"]
 
     encoded, n_dropped = [], 0

@@ -1,4 +1,4 @@
-"""Supervised fine-tuning with activation-pattern tracking (TRL SFTTrainer + PatternTracker).
+"""Supervised fine-tuning with activation-pattern tracking (TRL SFTTrainer + PatternCallback).
 
 ``headway train [--config run.yaml] [--field value ...]``: every :class:`TrainConfig` field is a
 YAML key and a command-line flag; flags override the file. Training uses the same encoding as
@@ -18,10 +18,7 @@ Run directory (``output_dir``):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import os
-import time
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -190,8 +187,8 @@ def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
 def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
     """Probe tasks, encoded. The training task's probe rows follow its training rows, or are
     its training rows with ``probe_train_rows``."""
+    from .callback import Probe
     from .tasks import encode_examples, load_task, task_record
-    from .tracking import Probe
 
     probes = []
     for source in c.probes or [c.task]:
@@ -220,6 +217,7 @@ def run_train(c: TrainConfig) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from .callback import PatternCallback
     from .distributed import barrier, process_state
     from .heads import HeadSelection, HeadWeights, parse_heads, top_heads_from_file
     from .models import load_model
@@ -227,7 +225,6 @@ def run_train(c: TrainConfig) -> dict:
     from .run_dir import RunMarker, mean_train_loss, plan_run, prepare_run
     from .storage import atomic_write_json, check_writable
     from .tasks import encode_examples, load_task, task_record
-    from .tracking import PatternTracker
 
     validate(c)
     state = process_state()
@@ -290,8 +287,9 @@ def run_train(c: TrainConfig) -> dict:
         use_cpu=not torch.cuda.is_available())
     dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
                                  "labels": [e.labels for e in encoded]})
-    tracker = PatternTracker(run, probes, c.track_every, lm.tokenizer.pad_token_id, initial,
-                             lm.describe(), is_main=state.is_main_process)
+    tracker = PatternCallback(probes, lm.tokenizer, c.track_every, output_dir=run,
+                              initial_weights=initial or None, manifest=False,
+                              model_info=lm.describe())
     marker = RunMarker(c, plan.resume_from.prior if plan.resume_from else {}, tracker,
                        is_main=state.is_main_process)
     callbacks = [marker, *([tracker] if c.tracking else [])]

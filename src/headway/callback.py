@@ -1,0 +1,281 @@
+"""``PatternCallback``: record activation patterns and parameter change while any Hugging Face
+``Trainer`` trains (``Trainer``, TRL's ``SFTTrainer``, any subclass).
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tok,
+                         callbacks=[headway.PatternCallback({"gsm8k": probe_rows}, tok, every=25)])
+
+At step 0, every ``every`` optimizer steps and at the end, for each probe (the same rows every
+time) it writes ``patterns/step_SSSSSS/PROBE.{safetensors,json}`` and
+``param_change/step_SSSSSS.safetensors`` (tensors q, k, v, o, attn ``[L, H]`` and mlp ``[L]``:
+relative Frobenius change ‖W_t − W_0‖/‖W_0‖ from the weights at step 0) into its run folder,
+``<args.output_dir>/headway/`` unless told otherwise, and appends one line per record to
+``metrics.jsonl`` (train-loss lines from the Trainer's logs go there too). The folder has a
+``manifest.json``, so ``headway analyze --runs`` and ``headway report`` read it.
+
+Each record also goes to the Trainer's own logs (``log_history``, and ``report_to``
+integrations such as TensorBoard or W&B): ``headway/<probe>/loss``, ``headway/<probe>/gini``
+and ``headway/<probe>/delta_norm`` (‖AP_t − AP_0‖_F). Integration callbacks run before user
+callbacks, so for them to see the records, hand the callback its trainer:
+``callback.attach(trainer)`` (or ``PatternCallback(..., trainer=trainer)``).
+
+Under DDP (``torchrun``, ``accelerate launch``) add it on every process, as any callback:
+every process scores its share of the probe batches, only the main process writes. A resumed
+run (``trainer.train(resume_from_checkpoint=...)``) keeps the records up to its checkpoint and
+writes the later ones again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from .analysis import concentration
+from .heads import HeadWeights
+from .patterns import ActivationPattern, pattern_meta
+from .scoring import score_encoded
+from .storage import atomic_save_tensors, atomic_write_json
+from .tracking import read_metrics, truncate_metrics
+
+
+@dataclass
+class Probe:
+    """A probe task, already encoded: name, rows (``Encoded``), the task's record
+    (:func:`headway.tasks.task_record`) and the scoring settings (convention, method,
+    batch_size, template, max_length, overlong)."""
+
+    name: str
+    encoded: list
+    task: dict
+    settings: dict
+
+
+class PatternCallback(TrainerCallback):
+    """Records probe activation patterns and per-head parameter change during training.
+
+    ``probes``: ``{name: data}``, data in any form :func:`headway.score` takes (a
+    ``datasets.Dataset``, a list of dicts, a DataFrame, a file path or a task name), or a list
+    of :class:`Probe`. ``tokenizer``: the model's tokenizer (default: the Trainer's
+    ``processing_class``). ``every``: record every this many optimizer steps (0: only at the
+    start and the end). ``output_dir``: the run folder (default ``<args.output_dir>/headway``).
+    ``template``, ``max_length``, ``overlong``, ``batch_size``: as for :func:`headway.score`.
+    ``initial_weights``: the step-0 weights (:meth:`HeadWeights.snapshot`) when the callback
+    does not see step 0 itself (a resumed run); without them a resumed run records no
+    parameter change. ``manifest``: extra fields for ``manifest.json`` (``False``: write none,
+    as ``headway train`` does, which writes its own). ``train_task``: the probe that is the
+    training task (default: the first), for ``headway analyze``.
+    """
+
+    def __init__(self, probes, tokenizer=None, every: int = 25, *, output_dir=None,
+                 template: str = "qa", max_length: int = 1024, overlong: str = "truncate",
+                 batch_size: int = 8, track_weights: bool = True, initial_weights=None,
+                 manifest: dict | bool = True, train_task: str | None = None, model_info=None,
+                 trainer=None):
+        if every < 0:
+            raise ValueError(f"every must be >= 0 (got {every})")
+        self.raw_probes = probes
+        self.tokenizer = tokenizer
+        self.every = every
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.settings = {"convention": "sample", "method": "gate", "batch_size": batch_size,
+                         "template": template, "max_length": max_length, "overlong": overlong}
+        self.track_weights = track_weights
+        self.initial = initial_weights
+        self.manifest = manifest
+        self.train_task = train_task
+        self.model_info = model_info
+        self.trainer = trainer
+        self.probes: list[Probe] | None = None
+        self.first: dict[str, torch.Tensor] = {}  # AP at step 0 per probe, for delta_norm
+        self.done: set[int] = set()
+        self.pending: dict = {}
+        self.seconds = 0.0  # time spent recording, for the overhead figure
+        self.run_dir: Path | None = None
+        self.is_main = True
+
+    def attach(self, trainer) -> PatternCallback:
+        """Add this callback to ``trainer`` and log through it, so that ``report_to``
+        integrations see the records too."""
+        self.trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        return self
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _encode(self, tokenizer) -> list[Probe]:
+        from .data import as_task
+        from .tasks import encode_examples, task_record
+
+        if isinstance(self.raw_probes, (list, tuple)) and all(
+                isinstance(p, Probe) for p in self.raw_probes):
+            return list(self.raw_probes)
+        if not isinstance(self.raw_probes, dict) or not self.raw_probes:
+            raise ValueError("probes: give {name: data, ...} (data as for headway.score)")
+        if tokenizer is None:
+            raise ValueError("PatternCallback needs the tokenizer (argument, or the Trainer's "
+                             "processing_class)")
+        out = []
+        for name, data in self.raw_probes.items():
+            task = as_task(data, name=name)
+            encoded, _ = encode_examples(task.examples, tokenizer, self.settings["template"],
+                                         self.settings["max_length"], self.settings["overlong"],
+                                         task.source, prompt_field=task.prompt_field)
+            out.append(Probe(name=name, encoded=encoded, task=task_record(task),
+                             settings=dict(self.settings)))
+        return out
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+        from .models import wrap_model
+
+        self.is_main = state.is_world_process_zero
+        self.run_dir = self.output_dir or Path(args.output_dir) / "headway"
+        tokenizer = self.tokenizer or processing_class
+        self.tokenizer = tokenizer
+        if self.probes is None:
+            self.probes = self._encode(tokenizer)
+        if self.model_info is None:
+            self.model_info = wrap_model(model, tokenizer).describe()
+        metrics = self.run_dir / "metrics.jsonl"
+        if state.global_step == 0:  # a new run: records of an earlier one go
+            self.done = set()
+            if self.is_main:
+                metrics.unlink(missing_ok=True)
+        else:  # resumed: keep the records up to the checkpoint, write the later ones again
+            self.done = {r["step"] for r in read_metrics(metrics)
+                         if r["kind"] == "probe" and r["step"] <= state.global_step}
+            if self.is_main:
+                truncate_metrics(metrics, state.global_step)
+            self._load_first()
+        if self.is_main and self.manifest is not False:
+            self._write_manifest(args, state, model, status="running")
+        if self.track_weights and self.initial is None and state.global_step == 0:
+            self.initial = HeadWeights(model).snapshot()
+        if state.global_step == 0:
+            self.record(model, 0, state)
+
+    def _load_first(self) -> None:
+        for probe in self.probes:
+            path = self.run_dir / "patterns" / "step_000000" / probe.name
+            try:
+                self.first[probe.name] = ActivationPattern.load(path).scores
+            except (FileNotFoundError, ValueError):
+                pass
+
+    def _write_manifest(self, args, state, model, status: str, **extra) -> None:
+        from .patterns import library_versions
+
+        base = {"kind": "headway.TrainRun", "format_version": 1, "status": status,
+                "model": self.model_info, "mode": _mode(model),
+                "train_task": {"name": self.train_task or self.probes[0].name},
+                "probes": [{**p.task, "n": len(p.encoded)} for p in self.probes],
+                "every": self.every, "world_size": args.world_size,
+                "versions": library_versions(), "written_by": "headway.PatternCallback"}
+        path = self.run_dir / "manifest.json"
+        if status != "running" and path.is_file():
+            base = {**json.loads(path.read_text()), "status": status}
+        if isinstance(self.manifest, dict):
+            base.update(self.manifest)
+        atomic_write_json(path, {**base, **extra})
+
+    # -- Trainer events -------------------------------------------------------------------
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            self.record(model, state.global_step, state)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not self.every or state.global_step % self.every:
+            self.record(model, state.global_step, state)
+        if self.is_main and self.manifest is not False:
+            self._write_manifest(args, state, model, status="finished",
+                                 global_step=state.global_step,
+                                 tracking_seconds=round(self.seconds, 2))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None:
+            return
+        if self.pending:  # seen by the callbacks after this one
+            logs.update(self.pending)
+            self.pending = {}
+        if self.is_main and "loss" in logs:
+            self._append({"kind": "train", "step": state.global_step,
+                          **{k: v for k, v in logs.items() if isinstance(v, (int, float))
+                             and not k.startswith("headway/")}})
+
+    # -- recording --------------------------------------------------------------------------
+    def _append(self, record: dict) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def record(self, model, step: int, state=None) -> dict | None:
+        """Score every probe (all processes share the work) and, on the main process, write
+        the patterns, the parameter change and a metrics line; hand the numbers to the
+        Trainer's logs."""
+        if step in self.done:  # e.g. the end of a run resumed from its final checkpoint
+            return None
+        self.done.add(step)
+        start = time.perf_counter()
+        weights = HeadWeights(model)
+        entry, logs = {"kind": "probe", "step": step, "probes": {}}, {}
+        tag = f"step_{step:06d}"
+        for probe in self.probes:
+            out = score_encoded(model, probe.encoded, weights.n_layers, weights.n_heads,
+                                _pad_id(self.tokenizer), batch_size=probe.settings["batch_size"],
+                                progress=False)
+            scores = out["per_sample"].abs().mean(0)
+            meta = pattern_meta(self.model_info, probe.task, probe.settings,
+                                n_samples=len(probe.encoded),
+                                mean_loss=float(out["loss"].mean()), step=step)
+            if self.is_main:
+                ActivationPattern(scores=scores, meta=meta, loss=out["loss"],
+                                  per_sample=out["per_sample"]).save(
+                    self.run_dir / "patterns" / tag / probe.name)
+            first = self.first.setdefault(probe.name, scores) if step == 0 else \
+                self.first.get(probe.name)
+            stats = {"loss": meta["mean_loss"], **concentration(scores.numpy())}
+            entry["probes"][probe.name] = stats
+            logs.update({f"headway/{probe.name}/loss": stats["loss"],
+                         f"headway/{probe.name}/gini": stats["gini"]})
+            if first is not None:
+                logs[f"headway/{probe.name}/delta_norm"] = float((scores - first).norm())
+        if self.is_main and self.initial is not None:
+            change = weights.relative_change(self.initial)
+            atomic_save_tensors(self.run_dir / "param_change" / f"{tag}.safetensors", change)
+            entry["param_change"] = {"attn_mean": float(change["attn"].nanmean()),
+                                     "attn_max": float(change["attn"].nan_to_num(0).max()),
+                                     "mlp_mean": float(change["mlp"].mean())}
+        elapsed = time.perf_counter() - start
+        self.seconds += elapsed
+        if self.is_main:
+            entry["record_s"] = round(elapsed, 3)
+            self._append(entry)
+        self._log(logs, step, state)
+        return entry
+
+    def _log(self, logs: dict, step: int, state) -> None:
+        """The record's numbers into the Trainer's logs (see the module docstring)."""
+        if self.trainer is not None and step > 0:
+            self.trainer.log(dict(logs))
+        elif state is not None:
+            state.log_history.append({**logs, "step": step})
+            self.pending.update(logs)
+
+
+def _pad_id(tokenizer) -> int:
+    from .models import pad_id
+
+    return pad_id(tokenizer)
+
+
+def _mode(model) -> str:
+    """What trains: ``lora`` (a PEFT model), ``full`` (every parameter) or ``partial``."""
+    if hasattr(model, "peft_config"):
+        return "lora"
+    params = list(model.parameters())
+    return "full" if all(p.requires_grad for p in params) else "partial"

@@ -1,0 +1,115 @@
+"""Head scores of one batch: s_b[l,h] = <Γ_lh, ∂L/∂Γ_lh> by the gate fast path or the eager
+reference (see :mod:`headway.scoring` for the method and the loss conventions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .batching import response_token_losses
+from .errors import HeadwayError
+from .models import attention_output_projections
+
+CONVENTIONS = ("sample", "paper")
+METHODS = ("gate", "reference")
+PAPER_BATCH_SIZE = 4
+
+
+def default_batch_size(convention: str) -> int:
+    """4 for the paper convention (the released script's batch), else 8."""
+    return PAPER_BATCH_SIZE if convention == "paper" else 8
+
+
+class ScoringError(HeadwayError, ValueError):
+    """Bad scoring arguments (unknown convention or method, empty input)."""
+
+
+def objective(loss_sum: torch.Tensor, n_tokens: torch.Tensor, convention: str) -> torch.Tensor:
+    """The scalar L whose gradient defines the scores (see the module docstring)."""
+    if convention == "sample":
+        return (loss_sum / n_tokens.clamp(min=1)).sum()
+    if convention == "paper":
+        return loss_sum.sum() / n_tokens.sum().clamp(min=1)
+    raise ScoringError(f"unknown loss convention {convention!r}; choose one of {CONVENTIONS}")
+
+
+@contextlib.contextmanager
+def head_gates(model: nn.Module, batch_size: int, n_heads: int) -> Iterator[torch.Tensor]:
+    """Multiply every layer's head slice by a gate; yield the gates ``[L, B, H]`` (all ones,
+    requires grad). Hooks are removed on exit."""
+    projections = attention_output_projections(model)
+    gates = torch.ones(len(projections), batch_size, n_heads, requires_grad=True,
+                       device=next(model.parameters()).device)
+
+    def hook_for(layer: int):
+        def pre_hook(module, args):
+            x = args[0]  # [B, T, H*d]
+            shape = x.shape
+            g = gates[layer].to(x.dtype)[:, None, :, None]  # [B, 1, H, 1]
+            gated = (x.view(*shape[:-1], n_heads, -1) * g).view(shape)
+            return (gated, *args[1:])
+        return pre_hook
+
+    handles = [p.register_forward_pre_hook(hook_for(i)) for i, p in enumerate(projections)]
+    try:
+        yield gates
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[None]:
+    """Turn off weight gradients for the duration (the fast path needs none)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
+    """Fast path on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``."""
+    with torch.enable_grad(), frozen_weights(model), \
+            head_gates(model, batch["input_ids"].shape[0], n_heads) as g:
+        loss_sum, n_tokens, _ = response_token_losses(model, batch)
+        (grad,) = torch.autograd.grad(objective(loss_sum, n_tokens, convention), g)
+    return grad.float().transpose(0, 1), loss_sum.detach(), n_tokens
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Switch the model to eager attention (which can return Γ) and back."""
+    previous = model.config._attn_implementation
+    if previous != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if previous != "eager":
+            model.set_attn_implementation(previous)
+
+
+def reference_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
+    """Eager reference on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``.
+
+    Weight gradients are computed as in the released script, then discarded.
+    """
+    with eager_attention(model), torch.enable_grad():
+        loss_sum, n_tokens, attentions = response_token_losses(model, batch,
+                                                               output_attentions=True)
+        if attentions is None or any(a is None for a in attentions):
+            raise ScoringError(f"{type(model).__name__} returned no attention probabilities")
+        for a in attentions:
+            a.retain_grad()
+        objective(loss_sum, n_tokens, convention).backward()
+        scores = torch.stack([(a * a.grad).sum((-1, -2)) for a in attentions], 1)
+    model.zero_grad(set_to_none=True)
+    return scores.float().detach(), loss_sum.detach(), n_tokens
