@@ -65,7 +65,13 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
 
     Ablation runs on rows held out from each pattern's own (the next ``ablation_rows`` rows of
     its task, default as many as the pattern used), in each of ``ablation_modes``."""
-    from .report import bar_with_intervals, heatmap, heatmap_grid, scatter_fit, trajectory_figure
+    from .report import (
+        bar_with_intervals,
+        heatmap,
+        heatmap_grid,
+        scatter_fit,
+        trajectory_figure,
+    )
 
     out = Path(out)
     result: dict = {"figures": [], "inputs": {"patterns": list(patterns), "runs": list(runs)}}

@@ -105,6 +105,13 @@ class PatternCallback(TrainerCallback):
             trainer.add_callback(self)
         return self
 
+    def prepare(self, run_dir: Path, tokenizer, model_info: dict, initial=None) -> None:
+        """Set up for :meth:`record` outside a Trainer (e.g. over saved checkpoints)."""
+        self.run_dir, self.tokenizer, self.model_info = Path(run_dir), tokenizer, model_info
+        self.probes = self._encode(tokenizer)
+        if initial is not None:
+            self.initial = initial
+
     # -- set-up ---------------------------------------------------------------------------
     def _encode(self, tokenizer) -> list[Probe]:
         from .data import as_task

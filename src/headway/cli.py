@@ -78,7 +78,6 @@ def _load_model(args, state=None):
 
 def cmd_score(args) -> int:
     from .scoring import score_task
-
     from .storage import check_writable
 
     state = _distributed_state()
@@ -281,6 +280,51 @@ def cmd_modes(args) -> int:
     return 0
 
 
+def _probe_data(args) -> dict:
+    """``{name: task}`` from ``--probes`` (``NAME=SOURCE`` or a source named by its stem)."""
+    from .tasks import TaskSpec, load_task
+
+    probes = {}
+    for item in args.probes:
+        name, _, source = item.rpartition("=") if "=" in item else ("", "", item)
+        task = load_task(TaskSpec(source=source, n=args.n, offset=args.offset, seed=args.seed,
+                                  split=args.split, config=args.config,
+                                  prompt_field=args.prompt_field,
+                                  response_field=args.response_field, name=name or None))
+        probes[task.name] = task
+    return probes
+
+
+def cmd_trajectory(args) -> int:
+    from .trajectory import trajectory
+
+    out = trajectory(args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0],
+                     base=args.base, probes=_probe_data(args), output_dir=args.output_dir,
+                     template=args.template, max_length=args.max_length,
+                     overlong=args.overlong, dtype=args.dtype, device=args.device,
+                     progress=not args.no_progress)
+    print(f"wrote the trajectory to {out}; `headway analyze --runs {out}` analyses it")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    task = _load_task(args)
+    out = Path(args.output or f"runs/compare-{task.name}")
+    summary = compare(args.model_a, args.model_b, data=task, output_dir=out, k=args.top_k,
+                      names=tuple(args.names), dtype=args.dtype, device=args.device,
+                      progress=not args.no_progress, template=args.template,
+                      max_length=args.max_length, overlong=args.overlong)
+    a, b = summary["names"]
+    print(f"{task.name}: {a} -> {b}: Gini {summary['a']['gini']:.3f} -> {summary['b']['gini']:.3f}"
+          f", CV {summary['a']['cv']:.3f} -> {summary['b']['cv']:.3f}; Pearson "
+          f"{summary['similarity']['pearson']:.3f}; top-{summary['k']}: gained "
+          f"{' '.join(summary['gained']) or '-'}, lost {' '.join(summary['lost']) or '-'}")
+    print(f"wrote {out}; `headway report {out}` makes the HTML report")
+    return 0
+
+
 def cmd_tasks(args) -> int:
     from .tasks import list_builtin_tasks
 
@@ -469,6 +513,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("train", add_help=False,
                    help="SFT (full, LoRA or selected heads) recording activation patterns and "
                         "parameter change; `headway train --help` for its fields")
+
+    p = sub.add_parser("trajectory", help="patterns and parameter change over checkpoints "
+                                          "trained with anything",
+                       description="Score probe tasks at a base model and at each checkpoint "
+                                   "(a folder of checkpoint-N folders, or a list of model "
+                                   "folders; PEFT adapters load onto their base) and measure "
+                                   "each head's parameter change from the base. Writes a run "
+                                   "folder that `headway analyze --runs` reads.")
+    p.add_argument("checkpoints", nargs="+", help="a folder of checkpoint-N folders (e.g. a "
+                                                  "Trainer's output_dir), or model folders")
+    p.add_argument("--base", required=True, help="the model the checkpoints were trained from")
+    p.add_argument("--probes", nargs="+", required=True,
+                   help="probe tasks: built-in names, files, folders or hub ids, optionally "
+                        "named as NAME=SOURCE")
+    p.add_argument("-n", "--rows", dest="n", type=int, help="rows per probe (default: all of "
+                                                            "a file, 64 generated)")
+    for flag, default in (("--offset", 0), ("--seed", 0)):
+        p.add_argument(flag, type=int, default=default)
+    p.add_argument("--split", default="train")
+    p.add_argument("--config", help="hub dataset configuration")
+    p.add_argument("--prompt-field")
+    p.add_argument("--response-field")
+    p.add_argument("--template", default="qa")
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--overlong", default="truncate", choices=["truncate", "drop"])
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device")
+    p.add_argument("-o", "--output-dir", help="default: FOLDER/headway-trajectory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_trajectory)
+
+    p = sub.add_parser("compare", help="ΔAP between two models on the same rows",
+                       description="Score the same rows on two models (e.g. base and instruct, "
+                                   "or before and after your SFT): both patterns, ΔAP = B − A, "
+                                   "the change of Gini and CV, the heads gained and lost in "
+                                   "the top-k.")
+    p.add_argument("model_a", help="model A (alias, folder or hub id)")
+    p.add_argument("model_b", help="model B")
+    _add_task_args(p)
+    p.add_argument("--names", nargs=2, default=["A", "B"], help="labels of the two models")
+    p.add_argument("--top-k", type=int, default=10, help="heads compared (default 10)")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device")
+    p.add_argument("-o", "--output", help="output folder (default runs/compare-TASK)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("tasks", help="list the built-in tasks")
     p.set_defaults(func=cmd_tasks)

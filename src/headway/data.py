@@ -9,7 +9,15 @@ the last assistant turn are ignored.
 
 from __future__ import annotations
 
-from .tasks import PROMPT_FIELDS, Example, Task, TaskError, TaskSpec, _from_table, load_task
+from .tasks import (
+    PROMPT_FIELDS,
+    Example,
+    Task,
+    TaskError,
+    TaskSpec,
+    _from_table,
+    load_task,
+)
 
 MESSAGE_FIELDS = ("messages", "conversations", "conversation")
 

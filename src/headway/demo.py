@@ -42,10 +42,10 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     from .analyze import analyze
     from .html_report import write_report
     from .models import load_model
+    from .run_dir import clear_other_run
     from .scoring import score_task
     from .storage import atomic_write_bytes
     from .tasks import TaskSpec, load_task
-    from .run_dir import clear_other_run
     from .train import finished_run, load_config, run_train
 
     start = time.perf_counter()

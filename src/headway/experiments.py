@@ -299,8 +299,8 @@ def delta_patterns(e: Experiment, tasks: list[str], rows: int, steps: int,
     """ΔAP [L, H] of each task: AP after a short tracked full SFT minus before, on the same
     probe rows. Basic tasks are probed on held-out rows; the target (scarce) on its own
     training rows."""
-    from .tracking import run_trajectory
     from .run_dir import clear_other_run
+    from .tracking import run_trajectory
     from .train import finished_run, run_train
 
     deltas = {}

@@ -117,12 +117,42 @@ def write_experiment_report(folder: str | Path, path: str | Path | None = None) 
     return atomic_write_bytes(path or folder / "report.html", "\n".join(out).encode())
 
 
+def write_compare_report(folder: str | Path, path: str | Path | None = None) -> Path:
+    """Write ``folder/report.html`` (or ``path``) from ``headway compare``'s ``compare.json``."""
+    folder = Path(folder)
+    c = json.loads((folder / "compare.json").read_text())
+    a, b = c["names"]
+    models = [m.get("name", "?") if m else "?" for m in c["models"]]
+    out = ["<!doctype html><html><head><meta charset='utf-8'>",
+           "<title>headway compare</title>", f"<style>{STYLE}</style></head><body>",
+           f"<h1>{html.escape(a)} vs {html.escape(b)}</h1>",
+           f"<p class='note'>{html.escape(a)} = {html.escape(models[0])}; {html.escape(b)} = "
+           f"{html.escape(models[1])}; task {html.escape(str((c.get('task') or {}).get('name')))}"
+           f". ΔAP = AP({html.escape(b)}) − AP({html.escape(a)}) on the same rows. Every "
+           f"number is in compare.json beside this file.</p>",
+           _table(["", "Gini", "CV", "entropy"],
+                  [[name, s["gini"], s["cv"], s["entropy"]]
+                   for name, s in ((a, c["a"]), (b, c["b"]), ("change", c["change"]))]),
+           _table(["similarity of the two patterns", "value"],
+                  [[m, v] for m, v in c["similarity"].items()] + [["‖ΔAP‖", c["delta_norm"]]]),
+           _table([f"top-{c['k']} heads", "heads"],
+                  [["kept", " ".join(c["kept"]) or "-"], ["gained", " ".join(c["gained"]) or "-"],
+                   ["lost", " ".join(c["lost"]) or "-"],
+                   ["largest |ΔAP|", " ".join(c["largest_delta"])]]),
+           *(_image(folder / f["path"], f["caption"]) for f in c.get("figures", [])),
+           "</body></html>"]
+    return atomic_write_bytes(Path(path) if path else folder / "report.html",
+                              "\n".join(out).encode())
+
+
 def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
     """Write ``folder/report.html`` (or ``path``) from ``folder/analysis.json``, or from
     ``folder/results.json`` of an experiment."""
     folder = Path(folder)
     if (folder / "results.json").is_file() and not (folder / "analysis.json").is_file():
         return write_experiment_report(folder, path)
+    if (folder / "compare.json").is_file() and not (folder / "analysis.json").is_file():
+        return write_compare_report(folder, path)
     analysis_file = folder / "analysis.json"
     if not analysis_file.is_file():
         raise FileNotFoundError(f"no analysis.json in {folder}; run `headway analyze` first")

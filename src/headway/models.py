@@ -162,7 +162,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | None = None,
                attn_implementation: str | None = None, trust_remote_code: bool = False,
-               device: str | torch.device | None = None) -> LoadedModel:
+               device: str | torch.device | None = None, tokenizer=None) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode.
 
     ``name`` is an alias from :data:`BUILTIN_MODELS`, a local folder, or a hub id (downloaded
@@ -187,7 +187,8 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
         info["source"] = f"{source['package']}=={source['version']}:{source['gguf']}"
         where = str(path)
     elif (Path(name) / "adapter_config.json").is_file() and not (Path(name) / "config.json").is_file():
-        return load_adapter(Path(name), dtype, attn_implementation, trust_remote_code, device)
+        return load_adapter(Path(name), dtype, attn_implementation, trust_remote_code, device,
+                            tokenizer)
     elif Path(name).is_dir():
         path = Path(name).resolve()
         if not (path / "config.json").is_file():
@@ -206,7 +207,8 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     kwargs = {"revision": revision} if revision and not local else {}
     try:
         with quiet_hf_progress() if local else contextlib.nullcontext():
-            tokenizer = AutoTokenizer.from_pretrained(
+            given = tokenizer is not None  # e.g. a checkpoint saved without its tokenizer
+            tokenizer = tokenizer if given else AutoTokenizer.from_pretrained(
                 path, trust_remote_code=trust_remote_code, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
@@ -218,7 +220,7 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     commit = getattr(model.config, "_commit_hash", None)
     if commit and not local:
         rev = commit
-    if tokenizer.pad_token_id is None:
+    if tokenizer.pad_token_id is None and not given:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     if device is not None:
@@ -229,7 +231,7 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
 
 
 def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None = None,
-                 trust_remote_code: bool = False, device=None) -> LoadedModel:
+                 trust_remote_code: bool = False, device=None, tokenizer=None) -> LoadedModel:
     """A PEFT adapter folder (e.g. a LoRA run's ``final/``): its base model
     (``base_model_name_or_path``) with the adapter merged into the weights."""
     from peft import PeftModel
@@ -243,7 +245,7 @@ def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None 
     if not base_name:
         raise ModelError(f"{folder}/adapter_config.json names no base_model_name_or_path")
     base = load_model(base_name, dtype, attn_implementation=attn_implementation,
-                      trust_remote_code=trust_remote_code)
+                      trust_remote_code=trust_remote_code, tokenizer=tokenizer)
     model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().eval()
     # an adapter trained on top of this merged model must name this folder as its base
     model.config._name_or_path = model.name_or_path = str(folder)

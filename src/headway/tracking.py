@@ -49,7 +49,9 @@ def run_trajectory(run_dir: str | Path) -> dict:
     if not records:
         raise FileNotFoundError(f"no probe records in {run_dir / 'metrics.jsonl'}")
     steps = [r["step"] for r in records]
-    out = {"steps": steps, "param_change": [r["param_change"]["attn_mean"] for r in records],
+    out = {"steps": steps,
+           "param_change": [r.get("param_change", {}).get("attn_mean", float("nan"))
+                            for r in records],
            "train": [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"],
            "probes": {}}
     for name in records[0]["probes"]:
