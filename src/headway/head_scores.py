@@ -12,7 +12,7 @@ from torch import nn
 
 from .batching import response_token_losses
 from .errors import HeadwayError
-from .models import attention_output_projections
+from .hooks import head_gates
 
 CONVENTIONS = ("sample", "paper")
 METHODS = ("gate", "reference")
@@ -38,31 +38,6 @@ def objective(loss_sum: torch.Tensor, n_tokens: torch.Tensor, convention: str) -
 
 
 @contextlib.contextmanager
-def head_gates(model: nn.Module, batch_size: int, n_heads: int) -> Iterator[torch.Tensor]:
-    """Multiply every layer's head slice by a gate; yield the gates ``[L, B, H]`` (all ones,
-    requires grad). Hooks are removed on exit."""
-    projections = attention_output_projections(model)
-    gates = torch.ones(len(projections), batch_size, n_heads, requires_grad=True,
-                       device=next(model.parameters()).device)
-
-    def hook_for(layer: int):
-        def pre_hook(module, args):
-            x = args[0]  # [B, T, H*d]
-            shape = x.shape
-            g = gates[layer].to(x.dtype)[:, None, :, None]  # [B, 1, H, 1]
-            gated = (x.view(*shape[:-1], n_heads, -1) * g).view(shape)
-            return (gated, *args[1:])
-        return pre_hook
-
-    handles = [p.register_forward_pre_hook(hook_for(i)) for i, p in enumerate(projections)]
-    try:
-        yield gates
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
 def frozen_weights(model: nn.Module) -> Iterator[None]:
     """Turn off weight gradients for the duration (the fast path needs none)."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -76,12 +51,14 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 
 
 def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
-    """Fast path on one batch: ``(scores [B, L, H] signed, loss_sum [B], n_tokens [B])``."""
+    """Fast path on one batch: ``(scores [B, L, H] signed float32, loss_sum [B], n_tokens [B])``
+    (see :class:`headway.hooks.HeadGate`)."""
     with torch.enable_grad(), frozen_weights(model), \
-            head_gates(model, batch["input_ids"].shape[0], n_heads) as g:
+            head_gates(model, batch["input_ids"].shape[0], n_heads) as gates:
         loss_sum, n_tokens, _ = response_token_losses(model, batch)
-        (grad,) = torch.autograd.grad(objective(loss_sum, n_tokens, convention), g)
-    return grad.float().transpose(0, 1), loss_sum.detach(), n_tokens
+        grads = torch.autograd.grad(objective(loss_sum, n_tokens, convention), gates)
+    device = loss_sum.device
+    return torch.stack([g.to(device) for g in grads], 1), loss_sum.detach(), n_tokens
 
 
 @contextlib.contextmanager

@@ -41,7 +41,6 @@ from .head_scores import (  # noqa: F401  (re-exported)
     ScoringError,
     default_batch_size,
     gate_scores,
-    head_gates,
     objective,
     reference_scores,
 )
