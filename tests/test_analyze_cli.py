@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 
+from headway.analyze import pattern_names
 from headway.cli import main
+from headway.patterns import ActivationPattern
 from headway.train import load_config, run_train
 
 
@@ -72,3 +77,44 @@ def test_analyze_rejects_an_unknown_complex_run(workspace, capsys):
 def test_report_needs_an_analysis(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no analysis.json" in capsys.readouterr().err
+
+
+def test_a_glob_of_pattern_files_gives_each_pattern_once(workspace, llama_dir, tmp_path, capsys):
+    """`--patterns pat/*` picks up x.safetensors, x.json, the heatmap x.png `headway show`
+    writes beside it and scoring's x.partial.safetensors: one pattern x, nothing else."""
+    root, _, patterns = workspace
+    folder = tmp_path / "pat"
+    folder.mkdir()
+    for source in patterns:
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(source.with_suffix(suffix), folder / (source.name + suffix))
+    assert main(["show", str(folder / "arithmetic.safetensors")]) == 0
+    (folder / "arithmetic.partial.safetensors").write_bytes(b"unfinished")
+    assert main(["score", "--model", str(llama_dir), "--task", "arithmetic", "--rows", "4",
+                 "-o", str(folder / "arithmetic-4rows"), "--no-progress"]) == 0
+    given = sorted(map(str, folder.glob("*"))) + [str(folder / "sorting")]
+    out = tmp_path / "analysis"
+    assert main(["analyze", "--patterns", *given, "-o", str(out)]) == 0
+    a = json.loads((out / "analysis.json").read_text())
+    # in order of first mention; two patterns of one task are told apart by their file stem
+    names = ["arithmetic (arithmetic-4rows)", "arithmetic (arithmetic)", "sorting"]
+    assert set(a["patterns"]) == set(names) and a["similarity"]["names"] == names
+    assert len(a["similarity"]["pearson"]) == 3
+    assert a["patterns"]["sorting"]["path"] == str(folder / "sorting")
+    assert sorted(a["inputs"]["ignored"]) == [str(folder / "arithmetic.partial.safetensors"),
+                                              str(folder / "arithmetic.png")]
+    assert "ignoring 2 --patterns paths that are not pattern files" in capsys.readouterr().err
+
+
+def test_patterns_of_one_task_and_stem_are_named_by_path():
+    p = ActivationPattern(scores=torch.ones(2, 2), meta={"task": {"name": "arithmetic"}})
+    q = ActivationPattern(scores=torch.ones(2, 2), meta={"task": {"name": "sorting"}})
+    stems = [Path("a/x"), Path("b/x"), Path("c/y"), Path("d/y")]
+    assert pattern_names(stems, [p, p, p, q]) == [
+        "arithmetic (a/x)", "arithmetic (b/x)", "arithmetic (y)", "sorting"]
+
+
+def test_analyze_refuses_patterns_that_are_only_other_files(tmp_path, capsys):
+    (tmp_path / "x.png").write_bytes(b"png")
+    assert main(["analyze", "--patterns", str(tmp_path / "x.png"), "-o", str(tmp_path)]) == 2
+    assert "no activation pattern among --patterns" in capsys.readouterr().err

@@ -1,12 +1,19 @@
 """Faithfulness: does removing a pattern's top heads hurt the task more than removing random
 heads? A head is ablated at the input of its layer's output projection (its slice of
 ``[B, T, H*d]``), set to zero or to its mean output over the probe data.
+
+:func:`run_ablations` runs several (pattern, mode) ablations under one progress bar and keeps
+each finished result in a file, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,21 +53,38 @@ def ablated(model: nn.Module, heads: Sequence[tuple[int, int]], n_heads: int,
             h.remove()
 
 
+Tick = Callable[[int], object]  # called with 1 after every forward batch (a progress bar)
+
+
+def _batches(encoded: Sequence, batch_size: int) -> list[list[int]]:
+    return make_batches([len(e.input_ids) for e in encoded], batch_size, True)
+
+
+def forward_batches(encoded: Sequence, n_random: int, mode: str, batch_size: int = 8) -> int:
+    """How many forward batches :func:`faithfulness` runs: the base, top-k and ``n_random``
+    random passes, plus the head-means pass in ``mean`` mode."""
+    passes = 2 + n_random + (mode == "mean")
+    return passes * len(_batches(encoded, batch_size))
+
+
 @torch.no_grad()
-def mean_loss(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8) -> float:
+def mean_loss(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8,
+              tick: Tick | None = None) -> float:
     """Mean over samples of each sample's mean response-token loss (nats)."""
     device = next(model.parameters()).device
     losses = []
-    for rows in make_batches([len(e.input_ids) for e in encoded], batch_size, True):
+    for rows in _batches(encoded, batch_size):
         batch = collate([encoded[i] for i in rows], pad_id, device=device)
         loss_sum, n_tokens, _ = response_token_losses(model, batch)
         losses.append((loss_sum / n_tokens.clamp(min=1)).cpu())
+        if tick:
+            tick(1)
     return float(torch.cat(losses).mean())
 
 
 @torch.no_grad()
-def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8
-               ) -> torch.Tensor:
+def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8,
+               tick: Tick | None = None) -> torch.Tensor:
     """Mean output of every head over all real (non-padding) tokens: [L, H, d]."""
     n_layers, n_heads, head_dim = head_geometry(model)
     device = next(model.parameters()).device
@@ -78,11 +102,13 @@ def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int
     handles = [p.register_forward_pre_hook(hook_for(i))
                for i, p in enumerate(attention_output_projections(model))]
     try:
-        for rows in make_batches([len(e.input_ids) for e in encoded], batch_size, True):
+        for rows in _batches(encoded, batch_size):
             batch = collate([encoded[i] for i in rows], pad_id, device=device)
             current["mask"] = batch["attention_mask"]
             count += int(batch["attention_mask"].sum())
             response_token_losses(model, batch)
+            if tick:
+                tick(1)
     finally:
         for h in handles:
             h.remove()
@@ -91,9 +117,10 @@ def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int
 
 def faithfulness(model: nn.Module, encoded: Sequence, pad_id: int, scores, k: int = 10,
                  n_random: int = 10, mode: str = "zero", seed: int = 0,
-                 batch_size: int = 8) -> dict:
+                 batch_size: int = 8, tick: Tick | None = None) -> dict:
     """Loss increase when ablating the ``k`` top heads of ``scores`` [L, H] versus ``k``
-    random heads (``n_random`` draws, none of them all-top).
+    random heads (``n_random`` draws, none of them all-top). ``tick(1)`` is called after
+    every forward batch (:func:`forward_batches` in all).
 
     Returns base loss, top-k loss and increase, each random draw's increase, their mean and a
     95 % percentile interval, and whether the top-k increase lies above that interval.
@@ -104,23 +131,24 @@ def faithfulness(model: nn.Module, encoded: Sequence, pad_id: int, scores, k: in
     scores = np.asarray(scores, dtype=np.float64)
     flat = np.argsort(-scores.ravel(), kind="stable")
     top = [(int(i) // n_heads, int(i) % n_heads) for i in flat[:k]]
-    means = head_means(model, encoded, pad_id, batch_size) if mode == "mean" else None
+    rng = np.random.default_rng(seed)
+    draws = [[(int(i) // n_heads, int(i) % n_heads)
+              for i in rng.choice(n_layers * n_heads, size=k, replace=False)]
+             for _ in range(n_random)]
     was_training = model.training
     model.eval()
-    base = mean_loss(model, encoded, pad_id, batch_size)
+    try:
+        means = head_means(model, encoded, pad_id, batch_size, tick) if mode == "mean" else None
+        base = mean_loss(model, encoded, pad_id, batch_size, tick)
 
-    def loss_without(heads):
-        with ablated(model, heads, n_heads, means):
-            return mean_loss(model, encoded, pad_id, batch_size)
+        def loss_without(heads):
+            with ablated(model, heads, n_heads, means):
+                return mean_loss(model, encoded, pad_id, batch_size, tick)
 
-    top_loss = loss_without(top)
-    rng = np.random.default_rng(seed)
-    random_increase = []
-    for _ in range(n_random):
-        pick = rng.choice(n_layers * n_heads, size=k, replace=False)
-        heads = [(int(i) // n_heads, int(i) % n_heads) for i in pick]
-        random_increase.append(loss_without(heads) - base)
-    model.train(was_training)
+        top_loss = loss_without(top)
+        random_increase = [loss_without(heads) - base for heads in draws]
+    finally:
+        model.train(was_training)
     low, high = np.percentile(random_increase, [2.5, 97.5])
     return {"k": k, "mode": mode, "base_loss": base, "top_heads": [f"{l}.{h}" for l, h in top],
             "top_loss": top_loss, "top_increase": top_loss - base,
@@ -128,3 +156,87 @@ def faithfulness(model: nn.Module, encoded: Sequence, pad_id: int, scores, k: in
             "random_increase_mean": float(np.mean(random_increase)),
             "random_increase_ci95": [float(low), float(high)],
             "top_beats_random": bool(top_loss - base > high)}
+
+
+# ---------------------------------------------------------------- several ablations, resumable
+
+FORMAT = 1  # bump when faithfulness() computes something else: older kept results then miss
+
+
+def settings_key(settings: dict) -> str:
+    """sha256 of ``settings`` (JSON-ready) as canonical JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def encoded_digest(encoded: Sequence) -> str:
+    """sha256 over every row's token ids and labels: the exact ablation data."""
+    h = hashlib.sha256()
+    for e in encoded:
+        h.update(json.dumps([list(e.input_ids), list(e.labels)]).encode())
+    return h.hexdigest()
+
+
+def scores_digest(scores) -> str:
+    """sha256 of a score matrix [L, H] as float32 bytes, with its shape."""
+    array = np.ascontiguousarray(np.asarray(scores, dtype=np.float32))
+    return hashlib.sha256(str(array.shape).encode() + array.tobytes()).hexdigest()
+
+
+@dataclass
+class AblationJob:
+    """One ablation: pattern ``name``'s ``scores`` [L, H] in ``mode`` on held-out ``encoded``
+    rows. ``identity`` is what else determines the result (model, pattern, rows); with the
+    run's k, n_random, seed and batch size it makes the key of the kept result."""
+
+    name: str
+    mode: str
+    scores: np.ndarray
+    encoded: list
+    identity: dict
+
+
+def kept_result_file(folder: Path, name: str, mode: str, key: str) -> Path:
+    """``folder/<name>-<mode>-<key[:16]>.json`` (name reduced to file-safe characters)."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    return Path(folder) / f"{safe}-{mode}-{key[:16]}.json"
+
+
+def _read_kept(path: Path, key: str) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or not JSON: compute it again
+        return None
+    return record.get("result") if record.get("key") == key else None
+
+
+def run_ablations(model: nn.Module, pad_id: int, jobs: Sequence[AblationJob], k: int,
+                  n_random: int, seed: int, folder: Path, progress: bool = True,
+                  batch_size: int = 8) -> list[dict]:
+    """:func:`faithfulness` of every job, in order.
+
+    Each result is written (atomically) to :func:`kept_result_file` in ``folder`` as soon as
+    it is finished, and reused by a later run whose settings give the same key. One progress
+    bar (stderr, unless not ``progress``) counts the forward batches still to run.
+    """
+    from tqdm.auto import tqdm
+
+    from .storage import atomic_write_json
+
+    settings = [{**job.identity, "mode": job.mode, "k": k, "n_random": n_random, "seed": seed,
+                 "batch_size": batch_size, "format": FORMAT} for job in jobs]
+    keys = [settings_key(s) for s in settings]
+    files = [kept_result_file(folder, job.name, job.mode, key) for job, key in zip(jobs, keys)]
+    results = [_read_kept(f, key) for f, key in zip(files, keys)]
+    pending = [i for i, r in enumerate(results) if r is None]
+    total = sum(forward_batches(jobs[i].encoded, n_random, jobs[i].mode, batch_size)
+                for i in pending)
+    with tqdm(total=total, desc="ablation", unit="batch", dynamic_ncols=True,
+              disable=not progress or not pending) as bar:
+        for n, i in enumerate(pending, 1):
+            job = jobs[i]
+            bar.set_description(f"ablation {n}/{len(pending)} {job.name} ({job.mode})")
+            results[i] = faithfulness(model, job.encoded, pad_id, job.scores, k, n_random,
+                                      job.mode, seed, batch_size, tick=bar.update)
+            atomic_write_json(files[i], {"key": keys[i], "settings": settings[i],
+                                         "result": results[i]})
+    return results

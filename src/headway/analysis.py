@@ -161,27 +161,31 @@ def composition_fit(target, bases, nonnegative: bool = False) -> dict:
 
 
 def bootstrap_composition(target: tuple, bases: list[tuple], n_boot: int = 200,
-                          seed: int = 0, nonnegative: bool = False, level: float = 0.95) -> dict:
+                          seed: int = 0, nonnegative: bool = False, level: float = 0.95,
+                          progress: bool = False) -> dict:
     """Confidence intervals for α and R² by resampling probe samples.
 
     Each task is ``(before [N, L, H], after [N, L, H])``: per-sample |scores| on the same N
     probe rows before and after SFT. Each replicate draws N rows with replacement per task
     (the same rows for its before and after), recomputes ΔAP = mean(after) − mean(before) and
-    refits. Returns percentile intervals ``alpha_ci`` [J, 2] and ``r2_ci`` [2].
+    refits. Returns percentile intervals ``alpha_ci`` [J, 2] and ``r2_ci`` [2]. ``progress``:
+    a bar on stderr once it has run a second.
     """
-    rng = np.random.default_rng(seed)
+    from tqdm.auto import tqdm
 
-    def delta(pair, rows=None):
-        before, after = (np.abs(np.asarray(p, dtype=np.float64)) for p in pair)
-        if rows is not None:
-            before, after = before[rows], after[rows]
-        return after.mean(0) - before.mean(0)
+    rng = np.random.default_rng(seed)
+    tasks = [tuple(np.abs(np.asarray(p, dtype=np.float64)) for p in pair)
+             for pair in (target, *bases)]
+
+    def resampled_delta(before, after):  # ΔAP [L, H] of N rows drawn with replacement
+        rows = rng.integers(0, len(before), len(before))
+        return after[rows].mean(0) - before[rows].mean(0)
 
     alphas, r2s = [], []
-    for _ in range(n_boot):
-        pick = lambda pair: rng.integers(0, len(pair[0]), len(pair[0]))  # noqa: E731
-        fit = composition_fit(delta(target, pick(target)),
-                              [delta(b, pick(b)) for b in bases], nonnegative)
+    for _ in tqdm(range(n_boot), desc="bootstrap", unit="fit", delay=1.0,
+                  disable=not progress, dynamic_ncols=True):
+        deltas = [resampled_delta(*t) for t in tasks]
+        fit = composition_fit(deltas[0], deltas[1:], nonnegative)
         alphas.append(fit["alpha"])
         r2s.append(fit["r2"])
     tail = (1 - level) / 2 * 100

@@ -18,14 +18,20 @@ turns them into one self-contained HTML file.
 from __future__ import annotations
 
 import json
+import re
+import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from . import analysis as A
 from .errors import HeadwayError
-from .patterns import ActivationPattern
+from .patterns import ActivationPattern, pattern_paths
 from .storage import atomic_write_json
+
+# scoring's resume files beside a pattern (one process, or one per rank)
+_PARTIAL = re.compile(r"\.partial(-\d+-of-\d+)?\.safetensors$")
 
 
 class AnalysisError(HeadwayError, ValueError):
@@ -35,6 +41,64 @@ class AnalysisError(HeadwayError, ValueError):
 def _figure(result: dict, out: Path, name: str, caption: str) -> Path:
     result["figures"].append({"path": f"figures/{name}", "caption": caption})
     return out / "figures" / name
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def pattern_inputs(paths: list[str]) -> tuple[list[Path], list[str]]:
+    """The distinct patterns among ``paths``, and the paths that are no pattern.
+
+    A pattern may be given by its ``.safetensors`` file, its ``.json`` file or their common
+    stem; however often it is given, it is one pattern (first position kept; returned as
+    stems). Existing files and folders that are no pattern (a heatmap ``.png`` beside it,
+    scoring's ``*.partial.safetensors``, another JSON) are ignored, as a shell glob picks them
+    up; a path that does not exist is kept, for loading to report.
+    """
+    stems, seen, ignored = [], set(), []
+    for given in paths:
+        path = Path(given)
+        tensor_file, _ = pattern_paths(path)
+        if _PARTIAL.search(path.name) or (path.exists() and not tensor_file.is_file()):
+            ignored.append(str(given))
+            continue
+        stem = tensor_file.with_name(tensor_file.name[:-len(".safetensors")])
+        if stem.resolve() not in seen:
+            seen.add(stem.resolve())
+            stems.append(stem)
+    return stems, ignored
+
+
+def pattern_names(stems: list[Path], patterns: list[ActivationPattern]) -> list[str]:
+    """Each pattern's task name; patterns of the same task are told apart by their file stem
+    (by their path where stems coincide too): ``"arithmetic (lr-high)"``."""
+    tasks = [p.meta.get("task", {}).get("name") or s.name for s, p in zip(stems, patterns)]
+    counts = Counter(tasks)
+    names = []
+    for task, stem in zip(tasks, stems):
+        if counts[task] == 1:
+            names.append(task)
+            continue
+        same_stem = sum(t == task and s.name == stem.name for t, s in zip(tasks, stems))
+        names.append(f"{task} ({stem.name if same_stem == 1 else stem})")
+    return names
+
+
+def load_patterns(paths: list[str]) -> tuple[dict[str, tuple[Path, ActivationPattern]],
+                                             list[str]]:
+    """``{name: (stem, pattern)}`` of the distinct patterns among ``paths`` (see
+    :func:`pattern_inputs` and :func:`pattern_names`), and the ignored paths."""
+    stems, ignored = pattern_inputs(paths)
+    if ignored and not stems:
+        raise AnalysisError(f"no activation pattern among --patterns {' '.join(ignored)}",
+                            hint="give the .safetensors files written by `headway score`")
+    patterns = []
+    for stem in stems:
+        try:
+            patterns.append(ActivationPattern.load(stem))
+        except ValueError as err:  # a .safetensors file of something else
+            raise AnalysisError(str(err)) from err
+    return dict(zip(pattern_names(stems, patterns), zip(stems, patterns))), ignored
 
 
 def _run_summary(run_dir: Path) -> dict:
@@ -56,32 +120,59 @@ def _run_summary(run_dir: Path) -> dict:
             "delta": (last.scores - first.scores).numpy(), "param_change": change}
 
 
+def _run_summaries(runs: list[str]) -> list[dict]:
+    summaries = [_run_summary(Path(r)) for r in runs]
+    seen = set()
+    for s in summaries:  # two runs of one task keep apart by their folder name
+        if s["name"] in seen:
+            s["name"] = f"{s['name']} ({Path(s['run']).name})"
+        seen.add(s["name"])
+    return summaries
+
+
+# ---------------------------------------------------------------- the analysis
+
+
 def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
             complex_run: str | None = None, model: str | None = None, k: int = 10,
             n_random: int = 10, n_boot: int = 200, n_perm: int = 500, seed: int = 0,
             ablation_modes: tuple[str, ...] = ("zero", "mean"),
-            ablation_rows: int | None = None) -> dict:
+            ablation_rows: int | None = None, progress: bool = True) -> dict:
     """Compute everything the inputs allow; write ``out/analysis.json`` and figures.
 
-    Ablation runs on rows held out from each pattern's own (the next ``ablation_rows`` rows of
-    its task, default as many as the pattern used), in each of ``ablation_modes``."""
-    from .report import (
-        bar_with_intervals,
-        heatmap,
-        heatmap_grid,
-        scatter_fit,
-        trajectory_figure,
-    )
-
+    ``patterns``: pattern files or stems; each pattern counts once however it is given, and
+    files that are no pattern are ignored (:func:`pattern_inputs`). Ablation runs on rows held
+    out from each pattern's own (the next ``ablation_rows`` rows of its task, default as many
+    as the pattern used), in each of ``ablation_modes``; each finished (pattern, mode) result
+    is kept in ``out/.ablation/`` and reused by a rerun with the same settings. ``progress``:
+    progress bars on stderr."""
     out = Path(out)
     result: dict = {"figures": [], "inputs": {"patterns": list(patterns), "runs": list(runs)}}
+    loaded, ignored = load_patterns(patterns)
+    if ignored:
+        result["inputs"]["ignored"] = ignored
+        print(f"headway analyze: ignoring {len(ignored)} --patterns paths that are not "
+              f"pattern files: {', '.join(ignored[:3])}{', ...' if len(ignored) > 3 else ''}",
+              file=sys.stderr)
+    _patterns_section(result, out, loaded, k)
+    summaries = _run_summaries(runs)
+    _runs_section(result, out, summaries, k)
+    if complex_run:
+        _composition_section(result, out, summaries, complex_run, n_boot, n_perm, seed,
+                             progress)
+    if model and loaded:
+        result["faithfulness"] = _faithfulness(model, loaded, k, n_random, seed,
+                                               ablation_modes, ablation_rows,
+                                               out / ".ablation", progress)
+        _faithfulness_figure(result, out, k, n_random)
+    atomic_write_json(out / "analysis.json", result)
+    return result
 
-    # -- task patterns: concentration and similarity
-    loaded = {}
-    for path in patterns:
-        p = ActivationPattern.load(path)
-        name = p.meta.get("task", {}).get("name", Path(path).stem)
-        loaded[name if name not in loaded else f"{name}#{len(loaded)}"] = (path, p)
+
+def _patterns_section(result: dict, out: Path, loaded: dict, k: int) -> None:
+    """Concentration and top heads of each pattern; heatmaps; task x task similarity."""
+    from .report import heatmap_grid, matrix_figure
+
     result["patterns"] = {
         name: {"path": str(path), **A.concentration(p.scores.numpy()),
                "n": p.meta.get("n_samples"), "model": p.meta.get("model", {}).get("name"),
@@ -91,29 +182,26 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
         heatmap_grid({n: p.scores.numpy() for n, (_, p) in loaded.items()},
                      _figure(result, out, "patterns.png", "Activation pattern of each task "
                              "(layers x heads)"))
-    if len(loaded) >= 2:
-        arrays = {n: p.scores.numpy() for n, (_, p) in loaded.items()}
-        names = list(arrays)
-        sims = {m: A.similarity_matrix(arrays, m) for m in A.SIMILARITIES}
-        order = A.cluster_order(sims["pearson"])
-        jac = np.array([[A.jaccard_top_k(a, b, k) for b in arrays.values()]
-                        for a in arrays.values()])
-        result["similarity"] = {"names": names, "cluster_order": [names[i] for i in order],
-                                **{m: s.tolist() for m, s in sims.items()},
-                                f"jaccard_top{k}": jac.tolist()}
-        ordered = [names[i] for i in order]
-        from .report import matrix_figure
-        matrix_figure(sims["pearson"][np.ix_(order, order)], ordered,
-                      _figure(result, out, "similarity.png", "Task x task Pearson correlation "
-                              "of activation patterns, in clustering order"))
+    if len(loaded) < 2:
+        return
+    arrays = {n: p.scores.numpy() for n, (_, p) in loaded.items()}
+    names = list(arrays)
+    sims = {m: A.similarity_matrix(arrays, m) for m in A.SIMILARITIES}
+    order = A.cluster_order(sims["pearson"])
+    jac = np.array([[A.jaccard_top_k(a, b, k) for b in arrays.values()]
+                    for a in arrays.values()])
+    result["similarity"] = {"names": names, "cluster_order": [names[i] for i in order],
+                            **{m: s.tolist() for m, s in sims.items()},
+                            f"jaccard_top{k}": jac.tolist()}
+    matrix_figure(sims["pearson"][np.ix_(order, order)], [names[i] for i in order],
+                  _figure(result, out, "similarity.png", "Task x task Pearson correlation "
+                          "of activation patterns, in clustering order"))
 
-    # -- tracked runs: ΔAP, dynamics, parameter change
-    summaries = [_run_summary(Path(r)) for r in runs]
-    seen = set()
-    for s in summaries:  # two runs of one task keep apart by their folder name
-        if s["name"] in seen:
-            s["name"] = f"{s['name']} ({Path(s['run']).name})"
-        seen.add(s["name"])
+
+def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> None:
+    """ΔAP, dynamics and parameter change of each tracked run, with its figures."""
+    from .report import heatmap, heatmap_grid, trajectory_figure
+
     result["runs"] = {}
     for s in summaries:
         d = s["trajectory"]["probes"][s["probe"]]["dynamics"]
@@ -141,49 +229,51 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
                                                    f"parameter change over steps"),
                           title=s["name"])
 
-    # -- composition of the complex task's ΔAP from the basic ones
-    if complex_run:
-        target = next((s for s in summaries if complex_run in (s["name"], s["run"],
-                                                              str(Path(s["run"]).name))), None)
-        if target is None:
-            raise AnalysisError(f"--complex {complex_run!r} is none of the runs "
-                             f"({', '.join(s['name'] for s in summaries)})")
-        bases = [s for s in summaries if s is not target]
-        if not bases:
-            raise AnalysisError("composition needs at least one basic run besides --complex")
-        result["composition"] = _composition(target, bases, n_boot, n_perm, seed)
-        c = result["composition"]
-        bar_with_intervals([b["name"] for b in bases], c["least_squares"]["alpha"],
-                           c["least_squares"]["alpha_ci"],
-                           _figure(result, out, "composition_alpha.png",
-                                   f"α of ΔAP({target['name']}) ≈ Σ α_j ΔAP(basic_j), "
-                                   f"95 % bootstrap intervals"),
-                           ylabel="α", title=f"R² = {c['least_squares']['r2']:.3f}")
-        X = np.stack([b["delta"].ravel() for b in bases], 1)
-        scatter_fit(X @ np.array(c["least_squares"]["alpha"]), target["delta"].ravel(),
-                    _figure(result, out, "composition_fit.png",
-                            "Each head: fitted vs measured ΔAP of the complex task"),
-                    xlabel="Σ α_j ΔAP_j", ylabel=f"ΔAP {target['name']}")
 
-    # -- faithfulness: top-k vs random-k ablation
-    if model and loaded:
-        result["faithfulness"] = _faithfulness(model, loaded, k, n_random, seed,
-                                               ablation_modes, ablation_rows)
-    if result.get("faithfulness") and any("skipped" not in v
-                                          for v in result["faithfulness"].values()):
-        f = {n: v for n, v in result["faithfulness"].items() if "skipped" not in v}
-        names = [f"{n} ({m})" for n in f for m in f[n]]
-        bar_with_intervals(
-            names, [f[n][m]["top_increase"] for n in f for m in f[n]],
-            [[f[n][m]["top_increase"]] * 2 for n in f for m in f[n]],
-            _figure(result, out, "faithfulness.png", f"Loss increase when ablating the top-{k} "
-                    f"heads (bars) vs {n_random} draws of {k} random heads (grey: mean and "
-                    f"95 % interval)"),
-            ylabel="Δ loss (nats)", title="ablation", label=f"top-{k} heads",
-            reference=[(f[n][m]["random_increase_mean"], *f[n][m]["random_increase_ci95"])
-                       for n in f for m in f[n]])
-    atomic_write_json(out / "analysis.json", result)
-    return result
+def _composition_section(result: dict, out: Path, summaries: list[dict], complex_run: str,
+                         n_boot: int, n_perm: int, seed: int, progress: bool) -> None:
+    """The complex run's ΔAP fitted on the other runs' ΔAP, with its figures."""
+    from .report import bar_with_intervals, scatter_fit
+
+    target = next((s for s in summaries if complex_run in (s["name"], s["run"],
+                                                          str(Path(s["run"]).name))), None)
+    if target is None:
+        raise AnalysisError(f"--complex {complex_run!r} is none of the runs "
+                            f"({', '.join(s['name'] for s in summaries)})")
+    bases = [s for s in summaries if s is not target]
+    if not bases:
+        raise AnalysisError("composition needs at least one basic run besides --complex")
+    c = result["composition"] = _composition(target, bases, n_boot, n_perm, seed, progress)
+    bar_with_intervals([b["name"] for b in bases], c["least_squares"]["alpha"],
+                       c["least_squares"]["alpha_ci"],
+                       _figure(result, out, "composition_alpha.png",
+                               f"α of ΔAP({target['name']}) ≈ Σ α_j ΔAP(basic_j), "
+                               f"95 % bootstrap intervals"),
+                       ylabel="α", title=f"R² = {c['least_squares']['r2']:.3f}")
+    X = np.stack([b["delta"].ravel() for b in bases], 1)
+    scatter_fit(X @ np.array(c["least_squares"]["alpha"]), target["delta"].ravel(),
+                _figure(result, out, "composition_fit.png",
+                        "Each head: fitted vs measured ΔAP of the complex task"),
+                xlabel="Σ α_j ΔAP_j", ylabel=f"ΔAP {target['name']}")
+
+
+def _faithfulness_figure(result: dict, out: Path, k: int, n_random: int) -> None:
+    """Bars of the top-k loss increase against the random-k reference, per pattern and mode."""
+    from .report import bar_with_intervals
+
+    f = {n: v for n, v in result["faithfulness"].items() if "skipped" not in v}
+    if not f:
+        return
+    names = [f"{n} ({m})" for n in f for m in f[n]]
+    bar_with_intervals(
+        names, [f[n][m]["top_increase"] for n in f for m in f[n]],
+        [[f[n][m]["top_increase"]] * 2 for n in f for m in f[n]],
+        _figure(result, out, "faithfulness.png", f"Loss increase when ablating the top-{k} "
+                f"heads (bars) vs {n_random} draws of {k} random heads (grey: mean and "
+                f"95 % interval)"),
+        ylabel="Δ loss (nats)", title="ablation", label=f"top-{k} heads",
+        reference=[(f[n][m]["random_increase_mean"], *f[n][m]["random_increase_ci95"])
+                   for n in f for m in f[n]])
 
 
 def _top_abs(delta: np.ndarray, k: int) -> list[str]:
@@ -192,7 +282,10 @@ def _top_abs(delta: np.ndarray, k: int) -> list[str]:
             for i in np.argsort(-np.abs(delta).ravel(), kind="stable")[:k]]
 
 
-def _composition(target: dict, bases: list[dict], n_boot: int, n_perm: int, seed: int) -> dict:
+def _composition(target: dict, bases: list[dict], n_boot: int, n_perm: int, seed: int,
+                 progress: bool) -> dict:
+    """Least-squares and non-negative fits of the target's ΔAP [L, H] on the bases' ΔAP, with
+    bootstrap intervals (when every run kept per-sample scores), leave-one-out and null."""
     def pair(s):
         before, after = s["before"].per_sample, s["after"].per_sample
         if before is None or after is None:
@@ -206,36 +299,64 @@ def _composition(target: dict, bases: list[dict], n_boot: int, n_perm: int, seed
     for key, nonneg in (("least_squares", False), ("nonnegative", True)):
         fit = A.composition_fit(target["delta"], X, nonnegative=nonneg)
         if all(p is not None for p in pairs):
-            fit.update(A.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg))
+            fit.update(A.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg,
+                                               progress=progress))
         fit["leave_one_out"] = A.leave_one_out(target["delta"], X, names, nonneg)
         fit["shuffled_null"] = A.shuffled_null(target["delta"], X, n_perm, seed, nonneg)
         out[key] = fit
     return out
 
 
-def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int,
-                  modes: tuple[str, ...], rows: int | None) -> dict:
-    from .ablation import faithfulness
-    from .models import load_model
+# ---------------------------------------------------------------- faithfulness
+
+
+def _held_out(p: ActivationPattern, tokenizer, rows: int | None):
+    """The held-out rows to ablate ``p`` on: ``(spec, encoded)``; a reason string when there
+    are none; None when ``p`` does not record its task spec."""
     from .tasks import TaskError, TaskSpec, encode_examples, load_task
 
+    spec = dict(p.meta.get("task", {}).get("spec") or {})
+    if not spec:
+        return None
+    spec["offset"] = spec.get("offset", 0) + spec["n"]  # rows the pattern did not see
+    spec["n"] = min(spec["n"], rows or spec["n"])
+    try:
+        task = load_task(TaskSpec(**spec))
+    except TaskError as err:
+        return f"no held-out rows to ablate on: {err}"
+    encoded, _ = encode_examples(task.examples, tokenizer, p.meta.get("template", "qa"),
+                                 p.meta.get("max_length", 1024),
+                                 p.meta.get("overlong", "truncate"), task.source)
+    return spec, encoded
+
+
+def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int,
+                  modes: tuple[str, ...], rows: int | None, keep_in: Path,
+                  progress: bool) -> dict:
+    """``{name: {mode: faithfulness result}}`` (or ``{name: {"skipped": why}}``) of every
+    pattern that records its task; results kept in ``keep_in`` are reused."""
+    from .ablation import AblationJob, encoded_digest, run_ablations, scores_digest
+    from .models import load_model
+
     lm = load_model(model)
-    out = {}
-    for name, (path, p) in loaded.items():
-        spec = dict(p.meta.get("task", {}).get("spec") or {})
-        if not spec:
+    device = next(lm.model.parameters()).device.type  # cpu and cuda sum in other orders
+    out, jobs = {}, []
+    for name, (_, p) in loaded.items():
+        held_out = _held_out(p, lm.tokenizer, rows)
+        if held_out is None:
             continue
-        spec["offset"] = spec.get("offset", 0) + spec["n"]  # rows the pattern did not see
-        spec["n"] = min(spec["n"], rows or spec["n"])
-        try:
-            task = load_task(TaskSpec(**spec))
-        except TaskError as err:
-            out[name] = {"skipped": f"no held-out rows to ablate on: {err}"}
+        if isinstance(held_out, str):
+            out[name] = {"skipped": held_out}
             continue
-        encoded, _ = encode_examples(task.examples, lm.tokenizer,
-                                     p.meta.get("template", "qa"), p.meta.get("max_length", 1024),
-                                     p.meta.get("overlong", "truncate"), task.source)
-        out[name] = {mode: faithfulness(lm.model, encoded, lm.pad_id,
-                                        p.scores.numpy(), k, n_random, mode, seed)
-                     for mode in modes}
+        spec, encoded = held_out
+        identity = {"model": lm.describe(), "device": device, "rows": spec,
+                    "encoded": encoded_digest(encoded),
+                    "pattern": {"data_hash": p.meta.get("task", {}).get("data_hash"),
+                                "scores": scores_digest(p.scores.numpy())}}
+        out[name] = {}
+        jobs += [AblationJob(name, mode, p.scores.numpy(), encoded, identity) for mode in modes]
+    results = run_ablations(lm.model, lm.pad_id, jobs, k, n_random, seed,
+                            keep_in, progress)
+    for job, r in zip(jobs, results):
+        out[job.name][job.mode] = r
     return out

@@ -42,8 +42,12 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Destroy the process group if this process created one (every command calls this on
-    every exit path, so no rank exits with a live group or a communicator thread)."""
+    """Destroy the process group if this process created one. The CLI calls this on every
+    exit path: a gloo group still alive when Python finalizes can abort the process ("terminate
+    called without an active exception", SIGABRT), because its worker thread may free the last
+    collective's work object, whose tensors need the GIL, just then. The group's threads stop
+    only when nothing else references it (an exception's traceback holding the trainer
+    does)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
