@@ -8,10 +8,9 @@ each finished result in a file, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,67 +18,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import attention_output_projections, head_geometry
-from .scoring import collate, make_batches, response_token_losses
+from .batching import (  # noqa: F401  (mean_loss re-exported)
+    Tick,
+    by_length,
+    collate,
+    mean_loss,
+    response_token_losses,
+)
+from .hooks import ablated, on_head_slices, split_heads
+from .models import head_geometry
 
 MODES = ("zero", "mean")
 
 
-@contextlib.contextmanager
-def ablated(model: nn.Module, heads: Sequence[tuple[int, int]], n_heads: int,
-            means: torch.Tensor | None = None) -> Iterator[None]:
-    """Within the block, the given ``(layer, head)`` outputs are replaced by zero, or by
-    ``means[layer, head]`` ([L, H, d]) when given."""
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    projections = attention_output_projections(model)
-
-    def hook_for(layer: int, chosen: list[int]):
-        def pre_hook(module, args):
-            x = args[0]
-            shape = x.shape
-            x = x.view(*shape[:-1], n_heads, -1).clone()
-            x[..., chosen, :] = 0 if means is None else means[layer, chosen].to(x.dtype)
-            return (x.view(shape), *args[1:])
-        return pre_hook
-
-    handles = [projections[l].register_forward_pre_hook(hook_for(l, hs))
-               for l, hs in by_layer.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-Tick = Callable[[int], object]  # called with 1 after every forward batch (a progress bar)
-
-
-def _batches(encoded: Sequence, batch_size: int) -> list[list[int]]:
-    return make_batches([len(e.input_ids) for e in encoded], batch_size, True)
-
-
-def forward_batches(encoded: Sequence, n_random: int, mode: str, batch_size: int = 8) -> int:
+def forwardby_length(encoded: Sequence, n_random: int, mode: str, batch_size: int = 8) -> int:
     """How many forward batches :func:`faithfulness` runs: the base, top-k and ``n_random``
     random passes, plus the head-means pass in ``mean`` mode."""
     passes = 2 + n_random + (mode == "mean")
-    return passes * len(_batches(encoded, batch_size))
-
-
-@torch.no_grad()
-def mean_loss(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8,
-              tick: Tick | None = None) -> float:
-    """Mean over samples of each sample's mean response-token loss (nats)."""
-    device = next(model.parameters()).device
-    losses = []
-    for rows in _batches(encoded, batch_size):
-        batch = collate([encoded[i] for i in rows], pad_id, device=device)
-        loss_sum, n_tokens, _ = response_token_losses(model, batch)
-        losses.append((loss_sum / n_tokens.clamp(min=1)).cpu())
-        if tick:
-            tick(1)
-    return float(torch.cat(losses).mean())
+    return passes * len(by_length(encoded, batch_size))
 
 
 @torch.no_grad()
@@ -92,26 +48,19 @@ def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int
     count = 0
     current = {}
 
-    def hook_for(layer: int):
-        def pre_hook(module, args):
-            x = args[0].view(*args[0].shape[:-1], n_heads, head_dim)  # [B, T, H, d]
-            mask = current["mask"][..., None, None].to(x.dtype)
-            sums[layer] += (x * mask).sum((0, 1)).double().cpu()
-        return pre_hook
+    def accumulate(layer: int, x: torch.Tensor) -> None:
+        x = split_heads(x, n_heads)  # [B, T, H, d]
+        mask = current["mask"][..., None, None].to(x.dtype)
+        sums[layer] += (x * mask).sum((0, 1)).double().cpu()
 
-    handles = [p.register_forward_pre_hook(hook_for(i))
-               for i, p in enumerate(attention_output_projections(model))]
-    try:
-        for rows in _batches(encoded, batch_size):
+    with on_head_slices(model, accumulate):
+        for rows in by_length(encoded, batch_size):
             batch = collate([encoded[i] for i in rows], pad_id, device=device)
             current["mask"] = batch["attention_mask"]
             count += int(batch["attention_mask"].sum())
             response_token_losses(model, batch)
             if tick:
                 tick(1)
-    finally:
-        for h in handles:
-            h.remove()
     return (sums / count).float()
 
 
@@ -228,7 +177,7 @@ def run_ablations(model: nn.Module, pad_id: int, jobs: Sequence[AblationJob], k:
     files = [kept_result_file(folder, job.name, job.mode, key) for job, key in zip(jobs, keys)]
     results = [_read_kept(f, key) for f, key in zip(files, keys)]
     pending = [i for i, r in enumerate(results) if r is None]
-    total = sum(forward_batches(jobs[i].encoded, n_random, jobs[i].mode, batch_size)
+    total = sum(forwardby_length(jobs[i].encoded, n_random, jobs[i].mode, batch_size)
                 for i in pending)
     with tqdm(total=total, desc="ablation", unit="batch", dynamic_ncols=True,
               disable=not progress or not pending) as bar:

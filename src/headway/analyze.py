@@ -101,12 +101,24 @@ def load_patterns(paths: list[str]) -> tuple[dict[str, tuple[Path, ActivationPat
     return dict(zip(pattern_names(stems, patterns), zip(stems, patterns))), ignored
 
 
+def run_folder(path: Path) -> Path:
+    """The folder holding a run's records: ``path`` itself (``headway train``, ``headway
+    trajectory``), or ``path/headway`` (a Trainer's output_dir with
+    :class:`~headway.callback.PatternCallback`)."""
+    for candidate in (path, path / "headway"):
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    raise AnalysisError(f"{path}: no manifest.json here or in {path / 'headway'}: not a run "
+                        f"folder of headway train, PatternCallback or headway trajectory")
+
+
 def _run_summary(run_dir: Path) -> dict:
     """A tracked run's own-task probe: AP before and after, per-sample scores, dynamics."""
     from safetensors.torch import load_file
 
     from .tracking import run_trajectory
 
+    run_dir = run_folder(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     trajectory = run_trajectory(run_dir)
     task = manifest["train_task"]["name"]
@@ -114,7 +126,8 @@ def _run_summary(run_dir: Path) -> dict:
     steps = trajectory["steps"]
     first, last = (ActivationPattern.load(run_dir / "patterns" / f"step_{s:06d}" / probe)
                    for s in (steps[0], steps[-1]))
-    change = load_file(run_dir / "param_change" / f"step_{steps[-1]:06d}.safetensors")
+    change_file = run_dir / "param_change" / f"step_{steps[-1]:06d}.safetensors"
+    change = load_file(change_file) if change_file.is_file() else None  # not recorded
     return {"name": task, "probe": probe, "run": str(run_dir), "manifest": manifest,
             "trajectory": trajectory, "before": first, "after": last,
             "delta": (last.scores - first.scores).numpy(), "param_change": change}
@@ -205,9 +218,10 @@ def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> Non
     result["runs"] = {}
     for s in summaries:
         d = s["trajectory"]["probes"][s["probe"]]["dynamics"]
-        attn = s["param_change"]["attn"].numpy()
+        attn = (s["param_change"]["attn"].numpy() if s["param_change"] is not None
+                else np.full_like(s["delta"], np.nan))
         result["runs"][s["name"]] = {
-            "run": s["run"], "probe": s["probe"], "mode": s["manifest"]["mode"],
+            "run": s["run"], "probe": s["probe"], "mode": s["manifest"].get("mode"),
             "steps": s["trajectory"]["steps"],
             "loss": s["trajectory"]["probes"][s["probe"]]["loss"],
             "before": A.concentration(s["before"].scores.numpy()),
@@ -215,8 +229,9 @@ def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> Non
             "delta_norm": float(np.linalg.norm(s["delta"])),
             "dynamics": {key: d[key] for key in ("change", "corr_start", "corr_prev",
                                                  "mse_prev", "step_50", "step_90")},
-            "param_change": {"mean": float(np.nanmean(attn)), "max": float(np.nanmax(attn)),
-                             **A.change_concentration(attn, s["delta"])},
+            "param_change": None if s["param_change"] is None else {
+                "mean": float(np.nanmean(attn)), "max": float(np.nanmax(attn)),
+                **A.change_concentration(attn, s["delta"])},
             "top_delta_heads": _top_abs(s["delta"], k)}
         heatmap_grid({"before": s["before"].scores.numpy(), "after": s["after"].scores.numpy()},
                      _figure(result, out, f"run_{s['name']}_ap.png",

@@ -8,7 +8,7 @@ row's summed response-token loss without building a ``[B, T, vocab]`` tensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,3 +75,26 @@ def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
     loss_sum = torch.zeros(B, device=logits.device).index_add(0, rows, token_loss)
     n_tokens = keep.sum(1)
     return loss_sum, n_tokens, (out.attentions if output_attentions else None)
+
+
+Tick = Callable[[int], object]  # called with 1 after every forward batch (a progress bar)
+
+
+def by_length(encoded: Sequence, batch_size: int) -> list[list[int]]:
+    """Batches of row positions of ``encoded``, longest rows first."""
+    return make_batches([len(e.input_ids) for e in encoded], batch_size, True)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8,
+              tick: Tick | None = None) -> float:
+    """Mean over samples of each sample's mean response-token loss (nats)."""
+    device = next(model.parameters()).device
+    losses = []
+    for rows in by_length(encoded, batch_size):
+        batch = collate([encoded[i] for i in rows], pad_id, device=device)
+        loss_sum, n_tokens, _ = response_token_losses(model, batch)
+        losses.append((loss_sum / n_tokens.clamp(min=1)).cpu())
+        if tick:
+            tick(1)
+    return float(torch.cat(losses).mean())

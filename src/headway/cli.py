@@ -137,7 +137,7 @@ def cmd_analyze(args) -> int:
     result = analyze(Path(args.output_dir), patterns=args.patterns, runs=args.runs,
                      complex_run=args.complex, model=args.model, k=args.k,
                      n_random=args.random_draws, n_boot=args.bootstrap, n_perm=args.permutations,
-                     seed=args.seed)
+                     seed=args.seed, progress=not args.no_progress)
     print(f"wrote {args.output_dir}/analysis.json and {len(result['figures'])} figures; "
           f"`headway report {args.output_dir}` makes the HTML report")
     return 0
@@ -380,7 +380,9 @@ def cmd_train(argv: list[str]) -> int:
         raise _unknown_flags(parser, remaining)
     config = load_config(None, **dataclasses.asdict(config))
     manifest = run_train(config)
-    if manifest:
+    from .distributed import rank_world
+
+    if manifest and rank_world()[0] == 0:
         print(f"trained {manifest['global_step']} steps ({manifest['mode']}, "
               f"{manifest['n_trainable_parameters']:,} trainable parameters) in "
               f"{manifest['train_seconds']:.0f} s, {manifest['tracking_seconds']:.0f} s of it "
@@ -503,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=500, help="shuffled-null draws (500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output-dir", default="analysis", help="default: %(default)s")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("report", help="one self-contained HTML file from `headway analyze`")
@@ -616,9 +619,20 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print("\nheadway: interrupted; finished work is kept (scoring: OUT.partial.safetensors, "
-              "training: its checkpoints and records). Run the same command again to resume.",
-              file=sys.stderr)
+              "training: its checkpoints and records, analyze: OUT/.ablation). Run the same "
+              "command again to resume.", file=sys.stderr)
         return 130
+    except Exception:
+        from .distributed import launched_distributed
+
+        if debug or not launched_distributed():
+            raise
+        # print now: a traceback held until exit keeps the process group (and its threads)
+        # alive past shutdown(), which can abort the process instead of exiting
+        import traceback
+
+        traceback.print_exc()
+        return 1
     finally:
         from .distributed import shutdown
 

@@ -86,7 +86,8 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     print("headway demo 3/4: analysis (similarity, dynamics, composition, ablation)")
     analysis = analyze(out / "analysis", patterns=pattern_paths, runs=run_paths,
                        complex_run=COMPLEX_TASK if run_paths else None, model=model,
-                       k=10, n_random=5, ablation_modes=("zero",), ablation_rows=32)
+                       k=10, n_random=5, ablation_modes=("zero",), ablation_rows=32,
+                       progress=progress)
     print("headway demo 4/4: report")
     report = write_report(out / "analysis", out / "report.html")
     text = summary_markdown(analysis, model, n, time.perf_counter() - start)

@@ -163,7 +163,7 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     """Accuracy (greedy), its 95 % Wilson interval, mean checker score and the response loss
     (each row's mean response-token loss in nats, averaged over rows; lower is better) of
     ``lm`` on ``task``; per-row records included."""
-    from .ablation import mean_loss
+    from .batching import mean_loss
     from .tasks import encode_examples, render_example, task_record, uses_chat_template
 
     s = settings or EvalSettings()

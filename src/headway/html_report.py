@@ -187,8 +187,8 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
                          f"{r['loss'][-1]:.3f}", f"{r['before']['gini']:.3f} → "
                          f"{r['after']['gini']:.3f}", d["change"][1] if len(d["change"]) > 1
                          else 0, d["change"][-1], d["corr_start"][-1],
-                         r["param_change"]["share_50"], r["param_change"]["share_90"],
-                         r["param_change"]["spearman_with_abs_delta_ap"]])
+                         *[(r["param_change"] or {}).get(key) for key in (
+                             "share_50", "share_90", "spearman_with_abs_delta_ap")]])
         out.append(_table(["task", "mode", "steps", "probe loss", "Gini", "change at first "
                            "record", "change at end", "corr(AP_0, AP_end)", "share of heads "
                            "holding 50 % of Δweights", "share holding 90 %",
