@@ -13,7 +13,7 @@ import json
 import tempfile
 import time
 
-from headway.train import TrainConfig, load_config, run_train
+from headway.training.trainer import TrainConfig, load_config, run_train
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ def install(point: str, n: int) -> None:
 
         Trainer._save_optimizer_and_scheduler = save
     elif point == "after-checkpoint":
-        from headway.run_dir import RunMarker
+        from headway.training.run_dir import RunMarker
 
         real_save = RunMarker.on_save
 
@@ -50,7 +50,7 @@ def install(point: str, n: int) -> None:
 
         RunMarker.on_save = on_save
     elif point == "train-step":
-        from headway.run_dir import RunMarker
+        from headway.training.run_dir import RunMarker
 
         real_step = RunMarker.on_step_end
 
@@ -61,7 +61,7 @@ def install(point: str, n: int) -> None:
 
         RunMarker.on_step_end = on_step_end
     elif point == "probe-record":
-        from headway import callback as tracking
+        from headway.training import callback as tracking
 
         real_write = tracking.atomic_save_tensors
 

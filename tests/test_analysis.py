@@ -8,8 +8,8 @@ import torch
 from test_scoring import random_rows
 from tiny_models import tiny_model
 
-from headway import analysis as A
-from headway.ablation import ablated, faithfulness, head_means, mean_loss
+from headway.analysis import stats as A
+from headway.analysis.ablation import ablated, faithfulness, head_means, mean_loss
 
 
 def test_exact_nonnegative_combination_is_recovered():

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from headway.analyze import pattern_names
+from headway.analysis.findings import pattern_names
 from headway.cli import main
 from headway.patterns import ActivationPattern
-from headway.train import load_config, run_train
+from headway.training.trainer import load_config, run_train
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-import headway.ablation
+import headway.analysis.ablation
 from headway.cli import main
 from headway.patterns import ActivationPattern
 
-FAITHFULNESS = headway.ablation.faithfulness
+FAITHFULNESS = headway.analysis.ablation.faithfulness
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def patterns(tmp_path_factory, llama_dir):
 
 
 class CountingAblation:
-    """Stands in for :func:`headway.ablation.faithfulness`: records each call's scores and
+    """Stands in for :func:`headway.analysis.ablation.faithfulness`: records each call's scores and
     mode; raises KeyboardInterrupt at call number ``interrupt_at`` (Ctrl-C mid-ablation)."""
 
     def __init__(self, interrupt_at: int | None = None):
@@ -42,7 +42,7 @@ class CountingAblation:
 
 
 def analyze(out, patterns, llama_dir, monkeypatch, ablation, draws=3) -> int:
-    monkeypatch.setattr(headway.ablation, "faithfulness", ablation)
+    monkeypatch.setattr(headway.analysis.ablation, "faithfulness", ablation)
     return main(["analyze", "--patterns", *map(str, patterns), "--model", str(llama_dir),
                  "--k", "3", "--random-draws", str(draws), "-o", str(out)])
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from headway.cli import main
-from headway.evaluation import (
+from headway.experiments.evaluation import (
     EvalError,
     answer_checker,
     check_disjoint,
@@ -19,7 +19,7 @@ from headway.evaluation import (
     gsm_answer,
     wilson_interval,
 )
-from headway.mixing import (
+from headway.experiments.mixing import (
     MixingError,
     alpha_to_counts,
     random_counts,
@@ -139,7 +139,7 @@ def test_reasoning_gym_rows_alias_across_seeds_and_the_check_sees_it():
 
 
 def test_batched_generation_equals_one_row_at_a_time(llama_dir):
-    from headway.evaluation import generate
+    from headway.experiments.evaluation import generate
     from headway.models import load_model
 
     lm = load_model(str(llama_dir))

@@ -14,7 +14,7 @@ import pytest
 from conftest import save_tiny_model
 
 from headway.patterns import ActivationPattern
-from headway.tracking import read_metrics
+from headway.training.records import read_metrics
 
 
 @pytest.fixture(scope="module")

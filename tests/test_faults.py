@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from headway.cli import main
 from headway.patterns import ActivationPattern
-from headway.tracking import read_metrics
+from headway.training.records import read_metrics
 
 RUNNER = Path(__file__).with_name("fault_runner.py")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from headway.analysis import coefficient_of_variation, entropy, gini
+from headway.analysis.stats import coefficient_of_variation, entropy, gini
 from headway.patterns import ActivationPattern
 
 
@@ -57,7 +57,7 @@ def test_cv_and_entropy_known_answers():
 
 
 def test_dynamics_on_a_hand_built_trajectory():
-    from headway.analysis import dynamics
+    from headway.analysis.stats import dynamics
 
     base = np.arange(1.0, 7.0).reshape(2, 3)
     direction = np.array([[1.0, -1, 0], [0, 1, -1]])

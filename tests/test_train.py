@@ -8,10 +8,12 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from headway import callback, tracking
 from headway.cli import main
 from headway.patterns import ActivationPattern
-from headway.train import ConfigError, load_config, run_train
+from headway.training import callback
+from headway.training import records as tracking
+from headway.training.config import ConfigError, load_config
+from headway.training.trainer import run_train
 
 
 @pytest.fixture
@@ -157,7 +159,7 @@ def test_train_cli_yaml_and_overrides(model_dir, tmp_path, capsys):
 def test_relative_change_per_head_with_grouped_query_attention():
     """Perturb key/value head 1 of layer 0 only: the change shows on query heads 2 and 3
     (its group), in k alone, nowhere else."""
-    from headway.heads import HeadWeights
+    from headway.training.heads import HeadWeights
 
     model = tiny_model("llama")
     weights = HeadWeights(model)

@@ -103,9 +103,9 @@ def cmd_score(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .analysis import concentration
+    from .analysis.stats import concentration
     from .patterns import ActivationPattern, pattern_paths
-    from .report import heatmap
+    from .report.figures import heatmap
 
     pattern = ActivationPattern.load(args.pattern)
     top = pattern.top_heads(args.top_k)
@@ -130,7 +130,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import analyze
+    from .analysis.findings import analyze
     from .storage import check_writable
 
     check_writable(args.output_dir)
@@ -144,7 +144,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .html_report import write_report
+    from .report.html import write_report
     from .storage import check_writable
 
     check_writable(Path(args.output).parent if args.output else args.folder)
@@ -153,14 +153,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import (
+    from .experiments.evaluation import (
         EvalError,
         EvalSettings,
         check_disjoint,
         duplicate_prompts,
         evaluate,
     )
-    from .experiments import trained_rows
+    from .experiments.runner import trained_rows
     from .storage import atomic_write_json, check_writable
     from .tasks import TaskSpec
 
@@ -230,7 +230,7 @@ def _add_experiment_args(p: argparse.ArgumentParser, output: str) -> None:
 
 
 def _add_two_stage_args(p: argparse.ArgumentParser, basics: str, stage1_steps: int) -> None:
-    from .experiments import BASIC_TASKS
+    from .experiments.runner import BASIC_TASKS
 
     p.add_argument("--basics", nargs="+", default=BASIC_TASKS,
                    help=f"{basics} (default: %(default)s)")
@@ -241,7 +241,7 @@ def _add_two_stage_args(p: argparse.ArgumentParser, basics: str, stage1_steps: i
 
 
 def _experiment(args):
-    from .experiments import Experiment
+    from .experiments.runner import Experiment
     from .storage import check_writable
 
     check_writable(args.output_dir)
@@ -254,7 +254,7 @@ def _experiment(args):
 
 
 def cmd_mix(args) -> int:
-    from .experiments import run_mix
+    from .experiments.mix import run_mix
 
     run_mix(_experiment(args), args.basics, total=args.total, stage1_steps=args.stage1_steps,
             stage2_steps=args.stage2_steps, delta_rows=args.delta_rows,
@@ -263,7 +263,7 @@ def cmd_mix(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from .experiments import run_select
+    from .experiments.select import run_select
 
     run_select(_experiment(args), args.basics, pool_rows=args.pool_rows, n=args.top_n,
                stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
@@ -272,7 +272,7 @@ def cmd_select(args) -> int:
 
 
 def cmd_modes(args) -> int:
-    from .experiments import run_modes
+    from .experiments.modes import run_modes
 
     run_modes(_experiment(args), steps=args.steps, top_k=args.top_k, lora_r=args.lora_r,
               learning_rates={"full": args.learning_rate, "lora": args.lr_lora,
@@ -296,7 +296,7 @@ def _probe_data(args) -> dict:
 
 
 def cmd_trajectory(args) -> int:
-    from .trajectory import trajectory
+    from .training.trajectory import trajectory
 
     out = trajectory(args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0],
                      base=args.base, probes=_probe_data(args), output_dir=args.output_dir,
@@ -308,7 +308,7 @@ def cmd_trajectory(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare
+    from .analysis.compare import compare
 
     task = _load_task(args)
     out = Path(args.output or f"runs/compare-{task.name}")
@@ -347,7 +347,7 @@ def _unknown_flags(parser, remaining: list[str]):
     """A ConfigError for flags no field has, with the closest field names as a hint."""
     import difflib
 
-    from .train import ConfigError
+    from .training.config import ConfigError
 
     known = [o for action in parser._actions for o in action.option_strings]
     flags = [a for a in remaining if a.startswith("-")] or remaining
@@ -362,7 +362,8 @@ def cmd_train(argv: list[str]) -> int:
     """``headway train``: fields of TrainConfig from --config YAML, overridden by flags."""
     from transformers import HfArgumentParser
 
-    from .train import TrainConfig, load_config, run_train
+    from .training.config import TrainConfig, load_config
+    from .training.trainer import run_train
 
     parser = HfArgumentParser(
         TrainConfig, prog="headway train", allow_abbrev=False,

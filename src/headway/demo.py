@@ -39,14 +39,15 @@ def _reusable(path: Path, lm, task) -> bool:
 def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool = True,
              sft_steps: int = 24) -> dict:
     """Run the demo into ``out``; return the analysis (also in ``out/analysis``)."""
-    from .analyze import analyze
-    from .html_report import write_report
+    from .analysis.findings import analyze
     from .models import load_model
-    from .run_dir import clear_other_run
+    from .report.html import write_report
     from .scoring import score_task
     from .storage import atomic_write_bytes
     from .tasks import TaskSpec, load_task
-    from .train import finished_run, load_config, run_train
+    from .training.config import load_config
+    from .training.run_dir import clear_other_run
+    from .training.trainer import finished_run, run_train
 
     start = time.perf_counter()
     out = Path(out)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HeadwayError
+from ..errors import HeadwayError
 
 
 class MixingError(HeadwayError, ValueError):
@@ -60,7 +60,7 @@ def mixture_rows(tasks: Sequence, counts: Sequence[int]) -> list[dict]:
 
 def write_rows(rows: Sequence[dict], path: str | Path, seed: int) -> Path:
     """Write ``rows`` shuffled (seeded) as JSONL, atomically."""
-    from .storage import atomic_write_bytes
+    from ..storage import atomic_write_bytes
 
     order = np.random.default_rng(seed).permutation(len(rows))
     text = "".join(json.dumps(rows[i], ensure_ascii=False) + "\n" for i in order)

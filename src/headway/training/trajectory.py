@@ -4,7 +4,7 @@ Given a base model (step 0) and checkpoints (a folder of ``checkpoint-*`` folder
 Hugging Face Trainer, TRL, Axolotl or LLaMA-Factory write them, or an explicit list of model
 folders; PEFT adapter checkpoints load onto their base), score each probe on each checkpoint
 and measure each head's parameter change from the base. The result is a run folder in the
-format :class:`~headway.callback.PatternCallback` writes (``manifest.json``,
+format :class:`~headway.training.callback.PatternCallback` writes (``manifest.json``,
 ``metrics.jsonl``, ``patterns/step_*/``, ``param_change/``), so ``headway analyze --runs`` and
 ``headway report`` read it. A rerun skips the checkpoints already recorded.
 """
@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import HeadwayError
+from ..errors import HeadwayError
 
 _STEP = re.compile(r"checkpoint-(\d+)$")
 
@@ -66,11 +66,11 @@ def trajectory(checkpoints, base: str, probes: dict, *, output_dir=None,
     """
     from tqdm.auto import tqdm
 
+    from ..models import load_model
+    from ..storage import atomic_write_json, check_writable
     from .callback import PatternCallback
     from .heads import HeadWeights
-    from .models import load_model
-    from .storage import atomic_write_json, check_writable
-    from .tracking import read_metrics
+    from .records import read_metrics
 
     steps = checkpoint_steps(checkpoints)
     if output_dir is None:

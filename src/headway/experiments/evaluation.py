@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import HeadwayError
+from ..errors import HeadwayError
 
 GSM_MARK = "####"
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")
@@ -69,7 +69,7 @@ def gsm_answer(text: str) -> float | None:
 def answer_checker(task) -> tuple[str, Callable[[int, str, str], float]]:
     """``(kind, check)`` for a :class:`headway.tasks.Task`; ``check(position, generated,
     reference)`` returns a score in [0, 1] for the task's ``position``-th example."""
-    from .tasks import generator_entries
+    from ..tasks import generator_entries
 
     entries = generator_entries(task)
     if entries is not None:
@@ -163,8 +163,8 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     """Accuracy (greedy), its 95 % Wilson interval, mean checker score and the response loss
     (each row's mean response-token loss in nats, averaged over rows; lower is better) of
     ``lm`` on ``task``; per-row records included."""
-    from .batching import mean_loss
-    from .tasks import encode_examples, render_example, task_record, uses_chat_template
+    from ..batching import mean_loss
+    from ..tasks import encode_examples, render_example, task_record, uses_chat_template
 
     s = settings or EvalSettings()
     examples = task.examples

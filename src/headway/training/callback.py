@@ -34,12 +34,12 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from .analysis import concentration
+from ..analysis.stats import concentration
+from ..patterns import ActivationPattern, pattern_meta
+from ..scoring import score_encoded
+from ..storage import atomic_save_tensors, atomic_write_json
 from .heads import HeadWeights
-from .patterns import ActivationPattern, pattern_meta
-from .scoring import score_encoded
-from .storage import atomic_save_tensors, atomic_write_json
-from .tracking import read_metrics, truncate_metrics
+from .records import read_metrics, truncate_metrics
 
 
 @dataclass
@@ -114,8 +114,8 @@ class PatternCallback(TrainerCallback):
 
     # -- set-up ---------------------------------------------------------------------------
     def _encode(self, tokenizer) -> list[Probe]:
-        from .data import as_task
-        from .tasks import encode_examples, task_record
+        from ..data import as_task
+        from ..tasks import encode_examples, task_record
 
         if isinstance(self.raw_probes, (list, tuple)) and all(
                 isinstance(p, Probe) for p in self.raw_probes):
@@ -136,7 +136,7 @@ class PatternCallback(TrainerCallback):
         return out
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
-        from .models import wrap_model
+        from ..models import wrap_model
 
         self.is_main = state.is_world_process_zero
         self.run_dir = self.output_dir or Path(args.output_dir) / "headway"
@@ -173,7 +173,7 @@ class PatternCallback(TrainerCallback):
                 pass
 
     def _write_manifest(self, args, state, model, status: str, **extra) -> None:
-        from .patterns import library_versions
+        from ..patterns import library_versions
 
         base = {"kind": "headway.TrainRun", "format_version": 1, "status": status,
                 "model": self.model_info, "mode": _mode(model),
@@ -275,7 +275,7 @@ class PatternCallback(TrainerCallback):
 
 
 def _pad_id(tokenizer) -> int:
-    from .models import pad_id
+    from ..models import pad_id
 
     return pad_id(tokenizer)
 

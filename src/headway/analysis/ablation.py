@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .batching import (  # noqa: F401  (mean_loss re-exported)
+from ..batching import (  # noqa: F401  (mean_loss re-exported)
     Tick,
     by_length,
     collate,
     mean_loss,
     response_token_losses,
 )
-from .hooks import ablated, on_head_slices, split_heads
-from .models import head_geometry
+from ..hooks import ablated, on_head_slices, split_heads
+from ..models import head_geometry
 
 MODES = ("zero", "mean")
 
@@ -169,7 +169,7 @@ def run_ablations(model: nn.Module, pad_id: int, jobs: Sequence[AblationJob], k:
     """
     from tqdm.auto import tqdm
 
-    from .storage import atomic_write_json
+    from ..storage import atomic_write_json
 
     settings = [{**job.identity, "mode": job.mode, "k": k, "n_random": n_random, "seed": seed,
                  "batch_size": batch_size, "format": FORMAT} for job in jobs]

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import analysis as A
-from .errors import HeadwayError
-from .patterns import ActivationPattern, pattern_paths
-from .storage import atomic_write_json
+from ..errors import HeadwayError
+from ..patterns import ActivationPattern, pattern_paths
+from ..storage import atomic_write_json
+from . import stats as A
 
 # scoring's resume files beside a pattern (one process, or one per rank)
 _PARTIAL = re.compile(r"\.partial(-\d+-of-\d+)?\.safetensors$")
@@ -104,7 +104,7 @@ def load_patterns(paths: list[str]) -> tuple[dict[str, tuple[Path, ActivationPat
 def run_folder(path: Path) -> Path:
     """The folder holding a run's records: ``path`` itself (``headway train``, ``headway
     trajectory``), or ``path/headway`` (a Trainer's output_dir with
-    :class:`~headway.callback.PatternCallback`)."""
+    :class:`~headway.training.callback.PatternCallback`)."""
     for candidate in (path, path / "headway"):
         if (candidate / "manifest.json").is_file():
             return candidate
@@ -116,7 +116,7 @@ def _run_summary(run_dir: Path) -> dict:
     """A tracked run's own-task probe: AP before and after, per-sample scores, dynamics."""
     from safetensors.torch import load_file
 
-    from .tracking import run_trajectory
+    from ..training.records import run_trajectory
 
     run_dir = run_folder(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -184,7 +184,7 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
 
 def _patterns_section(result: dict, out: Path, loaded: dict, k: int) -> None:
     """Concentration and top heads of each pattern; heatmaps; task x task similarity."""
-    from .report import heatmap_grid, matrix_figure
+    from ..report.figures import heatmap_grid, matrix_figure
 
     result["patterns"] = {
         name: {"path": str(path), **A.concentration(p.scores.numpy()),
@@ -213,7 +213,7 @@ def _patterns_section(result: dict, out: Path, loaded: dict, k: int) -> None:
 
 def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> None:
     """ΔAP, dynamics and parameter change of each tracked run, with its figures."""
-    from .report import heatmap, heatmap_grid, trajectory_figure
+    from ..report.figures import heatmap, heatmap_grid, trajectory_figure
 
     result["runs"] = {}
     for s in summaries:
@@ -248,7 +248,7 @@ def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> Non
 def _composition_section(result: dict, out: Path, summaries: list[dict], complex_run: str,
                          n_boot: int, n_perm: int, seed: int, progress: bool) -> None:
     """The complex run's ΔAP fitted on the other runs' ΔAP, with its figures."""
-    from .report import bar_with_intervals, scatter_fit
+    from ..report.figures import bar_with_intervals, scatter_fit
 
     target = next((s for s in summaries if complex_run in (s["name"], s["run"],
                                                           str(Path(s["run"]).name))), None)
@@ -274,7 +274,7 @@ def _composition_section(result: dict, out: Path, summaries: list[dict], complex
 
 def _faithfulness_figure(result: dict, out: Path, k: int, n_random: int) -> None:
     """Bars of the top-k loss increase against the random-k reference, per pattern and mode."""
-    from .report import bar_with_intervals
+    from ..report.figures import bar_with_intervals
 
     f = {n: v for n, v in result["faithfulness"].items() if "skipped" not in v}
     if not f:
@@ -328,7 +328,7 @@ def _composition(target: dict, bases: list[dict], n_boot: int, n_perm: int, seed
 def _held_out(p: ActivationPattern, tokenizer, rows: int | None):
     """The held-out rows to ablate ``p`` on: ``(spec, encoded)``; a reason string when there
     are none; None when ``p`` does not record its task spec."""
-    from .tasks import TaskError, TaskSpec, encode_examples, load_task
+    from ..tasks import TaskError, TaskSpec, encode_examples, load_task
 
     spec = dict(p.meta.get("task", {}).get("spec") or {})
     if not spec:
@@ -350,8 +350,8 @@ def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int,
                   progress: bool) -> dict:
     """``{name: {mode: faithfulness result}}`` (or ``{name: {"skipped": why}}``) of every
     pattern that records its task; results kept in ``keep_in`` are reused."""
+    from ..models import load_model
     from .ablation import AblationJob, encoded_digest, run_ablations, scores_digest
-    from .models import load_model
 
     lm = load_model(model)
     device = next(lm.model.parameters()).device.type  # cpu and cuda sum in other orders

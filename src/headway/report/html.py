@@ -9,7 +9,7 @@ import html
 import json
 from pathlib import Path
 
-from .storage import atomic_write_bytes
+from ..storage import atomic_write_bytes
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}

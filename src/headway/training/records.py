@@ -1,5 +1,5 @@
 """What a tracked run recorded: its ``metrics.jsonl`` (read, truncated on resume) and its
-trajectory (probe patterns over steps). Recording is :class:`headway.callback.PatternCallback`.
+trajectory (probe patterns over steps). Recording is :class:`headway.training.callback.PatternCallback`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .patterns import ActivationPattern
-from .storage import atomic_write_bytes
+from ..patterns import ActivationPattern
+from ..storage import atomic_write_bytes
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -41,8 +41,8 @@ def truncate_metrics(path: Path, last_step: int) -> int:
 
 def run_trajectory(run_dir: str | Path) -> dict:
     """Everything recorded in a run, per probe: steps, APs [T, L, H], losses, and
-    :func:`headway.analysis.dynamics`; plus the mean per-head parameter change per step."""
-    from .analysis import dynamics
+    :func:`headway.analysis.stats.dynamics`; plus the mean per-head parameter change per step."""
+    from ..analysis.stats import dynamics
 
     run_dir = Path(run_dir)
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "probe"]

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import (
+from ..models import (
     ModelError,
     _get,
     architecture,
@@ -55,7 +55,7 @@ def top_heads_from_file(path: str | Path, k: int, n_layers: int, n_heads: int
                         ) -> list[tuple[int, int]]:
     """The ``k`` highest-scoring heads of a saved activation pattern of an
     ``n_layers`` x ``n_heads`` model."""
-    from .patterns import ActivationPattern
+    from ..patterns import ActivationPattern
 
     pattern = ActivationPattern.load(path)
     if (pattern.n_layers, pattern.n_heads) != (n_layers, n_heads):

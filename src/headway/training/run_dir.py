@@ -1,6 +1,6 @@
 """A run folder has one owner: which run a folder holds, what a rerun may do with it.
 
-A run's *identity* is its resolved settings (every :class:`~headway.train.TrainConfig` field
+A run's *identity* is its resolved settings (every :class:`~headway.training.trainer.TrainConfig` field
 except those in :data:`RESUMABLE_CHANGES` and ``output_dir``). It is written into every
 checkpoint as ``headway_run.json`` once the Trainer has finished writing that checkpoint, so a
 checkpoint without it was cut short (the process was killed while writing it).
@@ -116,7 +116,7 @@ def holds_run(run: Path) -> bool:
 
 def plan_run(config) -> RunPlan:
     """Decide what to do with ``config.output_dir`` (read only; see the module docstring)."""
-    from .train import ConfigError
+    from .config import ConfigError
 
     run = Path(config.output_dir)
     if not holds_run(run):
@@ -150,7 +150,7 @@ def clear_other_run(config, say=print) -> None:
     """For folders headway itself manages (the demo's and experiments' intermediate runs):
     delete a run with other settings that :func:`plan_run` would refuse, so that it is
     computed anew. Never used on a folder the user named."""
-    from .train import ConfigError
+    from .config import ConfigError
 
     try:
         plan_run(config)
@@ -179,8 +179,8 @@ def _read_yaml(path: Path) -> dict | None:
 def prepare_run(plan: RunPlan, config, say=print) -> None:
     """Carry the plan out (main process only): move an old run aside, remove checkpoints cut
     short, write ``config.yaml``, and keep only the records up to the resumed step."""
-    from .storage import atomic_write_bytes
-    from .tracking import truncate_metrics
+    from ..storage import atomic_write_bytes
+    from .records import truncate_metrics
 
     run = plan.run
     if plan.action == "move_aside":
@@ -233,7 +233,7 @@ class RunMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not self.is_main:
             return
-        from .storage import atomic_write_json
+        from ..storage import atomic_write_json
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():

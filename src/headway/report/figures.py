@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.patches
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from ..storage import atomic_write_bytes
 
-from .storage import atomic_write_bytes  # noqa: E402
 
+def _subplots(nrows: int = 1, ncols: int = 1, **kw):
+    """A figure and its axes without pyplot: no global backend is touched, so figures are
+    written the same with or without a display, and a notebook's backend stays as it was."""
+    fig = Figure(figsize=kw.pop("figsize", None), layout=kw.pop("layout", None))
+    axes = fig.subplots(nrows, ncols, **kw)
+    return fig, axes
 
 def _save(fig, path: str | Path) -> Path:
     import io
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -57,7 +61,7 @@ def heatmap(scores, path: str | Path, title: str = "", top: list | None = None,
     """
     scores = np.asarray(scores, dtype=np.float64)
     n_layers, n_heads = scores.shape
-    fig, ax = plt.subplots(figsize=(1.6 + 0.45 * n_heads, 1.2 + 0.22 * n_layers),
+    fig, ax = _subplots(figsize=(1.6 + 0.45 * n_heads, 1.2 + 0.22 * n_layers),
                            layout="constrained")
     limit = float(np.abs(scores).max()) or 1.0
     style = {"cmap": "RdBu_r", "vmin": -limit, "vmax": limit} if diverging else {"cmap": "viridis"}
@@ -68,7 +72,7 @@ def heatmap(scores, path: str | Path, title: str = "", top: list | None = None,
     ax.set_xticks(range(n_heads))
     ax.set_yticks(range(0, n_layers, max(1, n_layers // 15)))
     for layer, head, _ in top or []:
-        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        ax.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
@@ -77,7 +81,7 @@ def heatmap_grid(patterns: dict, path: str | Path, title: str = "") -> Path:
     """Several L x H patterns side by side, each with its own colour scale."""
     names = list(patterns)
     n_layers, n_heads = np.asarray(patterns[names[0]]).shape
-    fig, axes = plt.subplots(1, len(names), squeeze=False, layout="constrained",
+    fig, axes = _subplots(1, len(names), squeeze=False, layout="constrained",
                              figsize=(len(names) * (1.4 + 0.4 * n_heads), 1.4 + 0.2 * n_layers))
     for ax, name in zip(axes[0], names):
         image = ax.imshow(np.asarray(patterns[name], dtype=np.float64), aspect="auto",
@@ -93,9 +97,9 @@ def heatmap_grid(patterns: dict, path: str | Path, title: str = "") -> Path:
 def trajectory_figure(trajectory: dict, path: str | Path, title: str = "") -> Path:
     """Three panels over training steps: probe loss; how far each probe's AP has moved from
     step 0 (‖AP_t − AP_0‖ / ‖AP_0‖) and its correlation with step 0; mean per-head relative
-    parameter change. ``trajectory`` is :func:`headway.tracking.run_trajectory`'s output."""
+    parameter change. ``trajectory`` is :func:`headway.training.records.run_trajectory`'s output."""
     steps = trajectory["steps"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    fig, axes = _subplots(1, 3, figsize=(13, 3.6), layout="constrained")
     for name, probe in trajectory["probes"].items():
         d = probe["dynamics"]
         axes[0].plot(steps, probe["loss"], marker="o", ms=3, label=name)
@@ -116,7 +120,7 @@ def matrix_figure(matrix, names: list[str], path: str | Path, title: str = "") -
     """A labelled square matrix (e.g. task x task similarity) with its values written in."""
     matrix = np.asarray(matrix, dtype=np.float64)
     size = 1.5 + 0.7 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    fig, ax = _subplots(figsize=(size + 1, size), layout="constrained")
     image = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, matrix.min()), vmax=1)
     fig.colorbar(image, ax=ax)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
@@ -136,7 +140,7 @@ def bar_with_intervals(names, values, intervals, path: str | Path, ylabel: str =
     values = np.asarray(values, dtype=np.float64)
     intervals = np.asarray(intervals, dtype=np.float64).reshape(len(values), 2)
     x = np.arange(len(values))
-    fig, ax = plt.subplots(figsize=(1.8 + 1.1 * len(values), 3.6), layout="constrained")
+    fig, ax = _subplots(figsize=(1.8 + 1.1 * len(values), 3.6), layout="constrained")
     errors = np.abs(np.stack([values - intervals[:, 0], intervals[:, 1] - values]))
     ax.bar(x, values, yerr=errors, capsize=4, color="tab:blue", label=label)
     if reference is not None:
@@ -155,7 +159,7 @@ def scatter_fit(predicted, measured, path: str | Path, xlabel: str = "", ylabel:
                 ) -> Path:
     """Measured against fitted values, one point per head, with the identity line."""
     predicted, measured = np.ravel(predicted), np.ravel(measured)
-    fig, ax = plt.subplots(figsize=(4.2, 4), layout="constrained")
+    fig, ax = _subplots(figsize=(4.2, 4), layout="constrained")
     ax.scatter(predicted, measured, s=8, alpha=0.6)
     low, high = min(predicted.min(), measured.min()), max(predicted.max(), measured.max())
     ax.plot([low, high], [low, high], color="black", lw=0.8)
@@ -166,10 +170,10 @@ def scatter_fit(predicted, measured, path: str | Path, xlabel: str = "", ylabel:
 def arms_figure(summary: dict, path: str | Path, title: str = "") -> Path:
     """Experiment arms side by side: response loss and accuracy; a diamond at the mean over
     seeds with ±1 sd whiskers, and one dot per seed (``summary`` from
-    :func:`headway.experiments.summarise`). Points, not bars: the loss axis does not start at
+    :func:`headway.experiments.summary.summarise`). Points, not bars: the loss axis does not start at
     zero."""
     names = list(summary["arms"])
-    fig, axes = plt.subplots(1, 2, figsize=(2.5 + 2.2 * len(names), 3.6), layout="constrained")
+    fig, axes = _subplots(1, 2, figsize=(2.5 + 2.2 * len(names), 3.6), layout="constrained")
     for ax, key, label in ((axes[0], "response_loss", "response loss (nats, lower is better)"),
                            (axes[1], "accuracy", "accuracy (greedy)")):
         stats = [summary["arms"][n][key] for n in names]

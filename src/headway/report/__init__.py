@@ -1,0 +1,1 @@
+"""What people look at: matplotlib figures and the self-contained HTML report."""
