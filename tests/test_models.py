@@ -91,3 +91,30 @@ def test_random_twin_keeps_architecture_and_tokenizer_with_new_weights(model_dir
                            b["model.layers.0.self_attn.q_proj.weight"])
     again = load_model(f"random:{model_dir}")  # fixed seed: the same twin every time
     assert torch.equal(next(again.model.parameters()), next(twin.model.parameters()))
+
+
+def test_folder_identity_is_fast_for_a_multi_gb_folder_and_sees_new_weights(tmp_path):
+    """Headers, sizes and sampled blocks: a sparse 6 GB safetensors file takes well under a
+    second (hashing every byte would take several); rewriting its weights changes it."""
+    import json as _json
+    import time
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    size = 6 << 30
+    header = _json.dumps({"w": {"dtype": "F32", "shape": [size // 4],
+                                "data_offsets": [0, size]}}).encode()
+    weights = folder / "model.safetensors"
+    with open(weights, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + size)  # sparse: no data written
+    start = time.perf_counter()
+    before = models.folder_fingerprint(folder)
+    assert time.perf_counter() - start < 0.5
+    with open(weights, "r+b") as f:  # "training" moved the weights: new bytes everywhere
+        for offset in range(0, size, size // 64):
+            f.seek(8 + len(header) + offset)
+            f.write(b"\x01\x02\x03\x04")
+    assert models.folder_fingerprint(folder) != before
+    assert models.folder_fingerprint(folder, full=False) == models.folder_fingerprint(folder)

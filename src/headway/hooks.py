@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .models import attention_output_projections
+from .architectures import attention_output_projections
 
 SliceFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
@@ -69,17 +69,18 @@ class HeadGate(torch.autograd.Function):
 
 @contextlib.contextmanager
 def head_gates(model: nn.Module, batch_size: int, n_heads: int) -> Iterator[list[torch.Tensor]]:
-    """Gate every layer's head slice; yield one float32 leaf ``[B, H]`` per layer (on that
-    layer's device) whose gradient is the per-sample, per-head score."""
+    """Gate every layer's head slice; yield the list of gates, one float32 leaf ``[B, H]`` per
+    layer whose gradient is the per-sample, per-head score. Each gate is made in the forward
+    pass on the device its layer runs on, so a model spread over devices (or offloaded)
+    works; the list is filled once the forward pass has run."""
     gates: list[torch.Tensor] = []
 
     def gate(layer: int, x: torch.Tensor) -> torch.Tensor:
+        if layer == len(gates):
+            gates.append(torch.ones(batch_size, n_heads, device=x.device, requires_grad=True))
         return HeadGate.apply(x, gates[layer])
 
-    with on_head_slices(model, gate) as projections:
-        for p in projections:
-            device = next(p.parameters(), torch.empty(0)).device
-            gates.append(torch.ones(batch_size, n_heads, device=device, requires_grad=True))
+    with on_head_slices(model, gate):
         yield gates
 
 

@@ -22,6 +22,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .architectures import (  # noqa: F401  (re-exported)
+    ARCHITECTURES,
+    Architecture,
+    _get,
+    architecture,
+    attention_output_projections,
+    decoder_layers,
+    head_geometry,
+    is_transposed_linear,
+    unwrap_model,
+)
 from .builtin_model import (  # noqa: F401  (re-exported)
     BUILTIN_MODELS,
     BuiltinModel,
@@ -35,45 +46,6 @@ from .progress import quiet_hf_progress
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """Where a family keeps its decoder layers and, inside each layer, its attention projections.
-
-    ``qkv`` names the separate query / key / value projections (``nn.Linear``, weight
-    ``[heads * head_dim, hidden]``) or is None for families with one fused projection; those
-    support scoring but not head-selective training or per-head q/k/v change. ``mlp`` lists the
-    layer's feed-forward modules (for parameter-change tracking).
-    """
-
-    layers: str  # dotted path from the CausalLM to the list of decoder layers
-    out_proj: str  # dotted path from one layer to the module whose input is the head slice
-    qkv: tuple[str, str, str] | None = None
-    mlp: tuple[str, ...] = ("mlp",)
-
-
-_LLAMA_LIKE = Architecture("model.layers", "self_attn.o_proj",
-                           ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gemma2": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "smollm3": _LLAMA_LIKE,
-    "phi3": Architecture("model.layers", "self_attn.o_proj"),  # fused qkv_proj
-    "gpt2": Architecture("transformer.h", "attn.c_proj"),  # fused c_attn
-    "gpt_neox": Architecture("gpt_neox.layers", "attention.dense"),  # fused query_key_value
-    "opt": Architecture("model.decoder.layers", "self_attn.out_proj",
-                        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                        ("fc1", "fc2")),
-    "phi": Architecture("model.layers", "self_attn.dense",
-                        ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
-}
 
 
 @dataclass
@@ -140,15 +112,42 @@ def wrap_model(model: nn.Module, tokenizer, name: str | None = None) -> LoadedMo
                        n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, info=info)
 
 
-def folder_fingerprint(folder: Path) -> str:
-    """Fingerprint of a model folder: sha256 over the names, sizes and contents of its weight
-    and config files. Reads every weight file once (about 1 s per GB)."""
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt", ".pth"}
+SAMPLES = 64  # blocks read from each weight file
+SAMPLE_BYTES = 4096
+
+
+def folder_fingerprint(folder: Path, full: bool = False) -> str:
+    """Identity of a model folder's weights, fast at any size: sha256 over each weight file's
+    name, size, safetensors header (names, dtypes, shapes, offsets) and 64 blocks of 4 KiB
+    spread evenly over the file, plus ``config.json``. Training moves every weight, so a
+    checkpoint of another step differs in every block; a change confined to the bytes between
+    the samples is not seen, which ``full=True`` (every byte, about 1 s per GB) catches."""
     h = hashlib.sha256()
     files = sorted(p for p in folder.iterdir() if p.is_file() and (
-        p.suffix in {".safetensors", ".bin", ".gguf"} or p.name == "config.json"))
+        p.suffix in WEIGHT_SUFFIXES or p.name == "config.json"))
     for p in files:
-        h.update(f"{p.name}:{p.stat().st_size}:{_file_digest(p)}\n".encode())
+        size = p.stat().st_size
+        digest = _file_digest(p) if full or p.suffix not in WEIGHT_SUFFIXES else _sampled(p, size)
+        h.update(f"{p.name}:{size}:{digest}\n".encode())
     return "sha256:" + h.hexdigest()[:16]
+
+
+def _sampled(path: Path, size: int) -> str:
+    """sha256 of a safetensors header (if any) and of evenly spaced blocks of the file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(8)
+        h.update(head)
+        if path.suffix == ".safetensors" and len(head) == 8:
+            n = int.from_bytes(head, "little")
+            if 0 < n <= min(size - 8, 100 << 20):
+                h.update(f.read(n))
+        step = max(size // SAMPLES, 1)
+        for offset in range(0, size, step)[:SAMPLES]:
+            f.seek(offset)
+            h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -162,7 +161,9 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | None = None,
                attn_implementation: str | None = None, trust_remote_code: bool = False,
-               device: str | torch.device | None = None, tokenizer=None) -> LoadedModel:
+               device: str | torch.device | None = None, tokenizer=None,
+               device_map: str | dict | None = None, offload_folder: str | None = None,
+               quantization: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer in eval mode.
 
     ``name`` is an alias from :data:`BUILTIN_MODELS`, a local folder, or a hub id (downloaded
@@ -170,6 +171,13 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     initialised twin (:func:`random_twin`). ``attn_implementation`` None lets
     transformers pick its fastest kernel (SDPA where the family supports it); the reference
     path switches to ``"eager"`` by itself when it needs attention probabilities.
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"``, a dict of module -> device,
+    or its JSON text) spreads the model over devices through accelerate's big-model loading:
+    weights go straight to their devices, ``"cpu"`` and ``"disk"`` offload work (disk needs
+    ``offload_folder``, default a folder in the cache); ``device`` is then ignored.
+    ``quantization`` ``"4bit"`` or ``"8bit"`` loads a bitsandbytes-quantised base (QLoRA
+    style; needs a CUDA GPU and the package bitsandbytes).
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -205,6 +213,7 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     if local:
         check_weight_files(Path(path))
     kwargs = {"revision": revision} if revision and not local else {}
+    placement = {**_placement(device_map, offload_folder), **_quantization(quantization, dtype)}
     try:
         with quiet_hf_progress() if local else contextlib.nullcontext():
             given = tokenizer is not None  # e.g. a checkpoint saved without its tokenizer
@@ -212,7 +221,8 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
                 path, trust_remote_code=trust_remote_code, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
-                trust_remote_code=trust_remote_code, **kwargs)
+                trust_remote_code=trust_remote_code,
+                **kwargs, **placement)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         if isinstance(err, torch.cuda.OutOfMemoryError):
             raise
@@ -223,11 +233,56 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     if tokenizer.pad_token_id is None and not given:
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
-    if device is not None:
+    if device is not None and device_map is None:
         model.to(device)
+    if device_map is not None:
+        info["device_map"] = {k: str(v) for k, v in getattr(model, "hf_device_map", {}).items()}
     n_layers, n_heads, head_dim = head_geometry(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=where, revision=rev,
                        n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, info=info)
+
+
+def _quantization(quantization: str | None, dtype) -> dict:
+    """``from_pretrained`` keywords for a bitsandbytes 4-bit or 8-bit base, or a clear error
+    where the backend is missing."""
+    if quantization is None:
+        return {}
+    if quantization not in ("4bit", "8bit"):
+        raise ModelError(f"quantization {quantization!r}: use 4bit or 8bit")
+    import importlib.util
+
+    missing = [what for what, ok in (
+        ("a CUDA GPU", torch.cuda.is_available()),
+        ("the package bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
+    if missing:
+        raise ModelError(f"quantization {quantization}: needs {' and '.join(missing)}, which "
+                         f"this machine lacks", hint="pip install bitsandbytes on a machine "
+                                                     "with an NVIDIA GPU, or load unquantised")
+    from transformers import BitsAndBytesConfig
+
+    config = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                 bnb_4bit_compute_dtype=resolve_dtype(dtype))
+              if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+    return {"quantization_config": config}
+
+
+def _placement(device_map, offload_folder) -> dict:
+    """``from_pretrained`` keywords for a ``device_map`` (a name, a dict or its JSON text)."""
+    if device_map is None:
+        return {}
+    if isinstance(device_map, str) and device_map.lstrip().startswith("{"):
+        try:
+            device_map = json.loads(device_map)
+        except ValueError as err:
+            raise ModelError(f"device_map: not valid JSON ({err})") from None
+    if isinstance(device_map, str) and device_map not in (
+            "auto", "balanced", "balanced_low_0", "sequential"):
+        raise ModelError(f"device_map {device_map!r}: use auto, balanced, balanced_low_0, "
+                         f"sequential, or a JSON object of module -> device")
+    out = {"device_map": device_map}
+    if isinstance(device_map, str) or "disk" in map(str, device_map.values()):
+        out["offload_folder"] = str(offload_folder or cache_dir() / "offload")
+    return out
 
 
 def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None = None,
@@ -256,17 +311,6 @@ def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None 
                                info={**base.info, "base_model": base_name})
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The transformers CausalLM inside PEFT and DistributedDataParallel wrappers."""
-    while True:
-        if hasattr(model, "get_base_model"):  # peft.PeftModel
-            model = model.get_base_model()
-        elif isinstance(getattr(model, "module", None), nn.Module):  # DDP
-            model = model.module
-        else:
-            return model
-
-
 RANDOM_PREFIX = "random:"
 
 
@@ -286,69 +330,3 @@ def random_twin(pretrained: LoadedModel, device=None, seed: int = 0) -> LoadedMo
         model.to(device)
     return dataclasses.replace(pretrained, model=model, name=RANDOM_PREFIX + pretrained.name,
                                revision=f"random-init(seed={seed}) of {pretrained.revision}")
-
-
-def architecture(model: nn.Module) -> Architecture:
-    """The :class:`Architecture` of ``model``; a clear error for unsupported families."""
-    model = unwrap_model(model)
-    model_type = model.config.model_type
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
-        raise ModelError(
-            f"{type(model).__name__} (model_type {model_type!r}) is not supported yet. Supported: "
-            f"{', '.join(sorted(ARCHITECTURES))}. To add it, register the dotted path of its "
-            f"decoder layers and of the module whose input is the concatenated head outputs "
-            f"(the attention output projection), e.g. headway.models.ARCHITECTURES"
-            f"[{model_type!r}] = Architecture('model.layers', 'self_attn.o_proj')") from None
-
-
-def _get(module: nn.Module, dotted: str) -> nn.Module:
-    for part in dotted.split("."):
-        module = getattr(module, part)
-    return module
-
-
-def attention_output_projections(model: nn.Module) -> list[nn.Module]:
-    """One module per layer whose input is the head slice ``[batch, seq, n_heads*head_dim]``."""
-    out_proj = architecture(model).out_proj
-    try:
-        return [_get(layer, out_proj) for layer in decoder_layers(model)]
-    except AttributeError as err:
-        raise ModelError(f"{type(unwrap_model(model)).__name__}: no {out_proj!r} in its "
-                         f"decoder layers: {err}") from err
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's decoder layers, first to last."""
-    model = unwrap_model(model)
-    arch = architecture(model)
-    try:
-        return list(_get(model, arch.layers))
-    except AttributeError as err:
-        raise ModelError(f"{type(model).__name__}: expected decoder layers at "
-                         f"{arch.layers!r}: {err}") from err
-
-
-def is_transposed_linear(module: nn.Module) -> bool:
-    """True for transformers' Conv1D (GPT-2), which stores its weight as [in, out], also
-    inside a PEFT LoRA wrapper."""
-    return type(getattr(module, "base_layer", module)).__name__ == "Conv1D"
-
-
-def _in_features(module: nn.Module) -> int:
-    """Input width of a linear layer (nn.Linear, Conv1D, or either inside a LoRA wrapper)."""
-    base = getattr(module, "base_layer", module)
-    return base.weight.shape[0] if is_transposed_linear(base) else base.weight.shape[1]
-
-
-def head_geometry(model: nn.Module) -> tuple[int, int, int]:
-    """``(n_layers, n_query_heads, head_dim)`` read from the modules themselves."""
-    projections = attention_output_projections(model)
-    config = unwrap_model(model).config
-    n_heads = getattr(config, "num_attention_heads", None) or config.n_head
-    width = _in_features(projections[0])
-    if width % n_heads:
-        raise ModelError(f"{type(model).__name__}: attention output width {width} is not a "
-                         f"multiple of {n_heads} heads")
-    return len(projections), n_heads, width // n_heads

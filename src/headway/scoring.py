@@ -33,7 +33,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .batching import collate, make_batches, response_token_losses  # noqa: F401
+from .batching import collate, input_device, make_batches, response_token_losses  # noqa: F401
 from .distributed import barrier, rank_world
 from .head_scores import (  # noqa: F401  (re-exported)
     CONVENTIONS,
@@ -166,7 +166,7 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     batches = make_batches([len(e.input_ids) for e in encoded], batch_size,
                            sort_by_length=convention == "sample")
     batches = batches[rank::world]
-    device = next(model.parameters()).device
+    device = input_device(model)
     step = gate_scores if method == "gate" else reference_scores
     mine = sum(len(rows) for rows in batches)
     done = sum(int(state["done"][rows].sum()) for rows in batches)
@@ -233,6 +233,7 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
         mean_loss=float(result["loss"].mean()),
         n_input_rows=stats.n_in, n_truncated=stats.n_truncated, n_dropped=stats.n_dropped,
         n_tokens=stats.n_tokens, n_response_tokens=stats.n_response_tokens,
+        n_zero_scores=int((per_sample == 0).sum()),  # underflow shows here (float16)
         elapsed_s=round(checkpoint.elapsed() if checkpoint else time.perf_counter() - start, 3),
         world_size=world)  # elapsed_s: over every session of a resumed run
     pattern = ActivationPattern(

@@ -18,15 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..architectures import head_geometry
 from ..batching import (  # noqa: F401  (mean_loss re-exported)
     Tick,
     by_length,
     collate,
+    input_device,
     mean_loss,
     response_token_losses,
 )
 from ..hooks import ablated, on_head_slices, split_heads
-from ..models import head_geometry
 
 MODES = ("zero", "mean")
 
@@ -43,7 +44,7 @@ def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int
                tick: Tick | None = None) -> torch.Tensor:
     """Mean output of every head over all real (non-padding) tokens: [L, H, d]."""
     n_layers, n_heads, head_dim = head_geometry(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     sums = torch.zeros(n_layers, n_heads, head_dim, dtype=torch.float64)
     count = 0
     current = {}

@@ -118,8 +118,10 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 
     :func:`headway.tasks.encode_examples` (False for chat-templated prompts)."""
     from tqdm.auto import tqdm
 
+    from ..batching import input_device
+
     tok, model = lm.tokenizer, lm.model
-    device = next(model.parameters()).device
+    device = input_device(model)
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stops = {tok.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
     stops = sorted(t for t in stops if t is not None)

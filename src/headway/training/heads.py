@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import (
+from ..architectures import (
     ModelError,
     _get,
     architecture,
