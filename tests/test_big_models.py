@@ -1,0 +1,36 @@
+"""Models spread over devices or offloaded (device_map through accelerate), quantised bases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import headway
+from headway.models import ModelError, load_model
+
+ROWS = [{"question": f"What is {i} + {2 * i}?", "answer": f"{3 * i}"} for i in range(7)]
+
+
+def test_device_map_with_cpu_and_disk_offload_scores_as_one_device(llama_dir, tmp_path):
+    one = load_model(str(llama_dir))
+    expected = headway.score(one.model, one.tokenizer, ROWS, per_sample=True, progress=False)
+    placement = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu",
+                 "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+                 "lm_head": "cpu"}
+    spread = load_model(str(llama_dir), device_map=placement,
+                        offload_folder=str(tmp_path / "offload"))
+    assert spread.info["device_map"]["model.layers.1"] == "disk"
+    assert any(p.device.type == "meta" for p in spread.model.parameters())  # really offloaded
+    got = headway.score(spread.model, spread.tokenizer, ROWS, per_sample=True, progress=False)
+    rel = (got.per_sample - expected.per_sample).abs().max() / expected.per_sample.abs().max()
+    assert float(rel) <= 1e-6
+
+
+def test_bad_device_map_and_missing_quantisation_backend_are_clear(llama_dir):
+    with pytest.raises(ModelError, match="device_map 'everywhere'"):
+        load_model(str(llama_dir), device_map="everywhere")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model(str(llama_dir), device_map="{model: cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="needs a CUDA GPU"):
+            load_model(str(llama_dir), quantization="4bit")
