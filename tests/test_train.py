@@ -203,3 +203,34 @@ def test_tensorboard_logging_when_asked(model_dir, tmp_path):
     run = tmp_path / "run"
     run_train(config(model_dir, run, max_steps=2, track_every=0, tensorboard=True))
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_bf16_mixed_precision_keeps_updates_that_pure_bf16_rounds_away(model_dir, tmp_path):
+    """One AdamW step of 2e-5: with float32 master weights (bf16 autocast) nearly every entry
+    moves; with pure bfloat16 weights most steps are below bfloat16's resolution."""
+    from headway.models import load_model
+
+    start = load_model(str(model_dir)).model.model.layers[0].self_attn.q_proj.weight
+
+    def moved(**precision) -> float:
+        run = tmp_path / "-".join(f"{k}={v}" for k, v in precision.items())
+        run_train(config(model_dir, run, max_steps=1, learning_rate=2e-5, tracking=False,
+                         save_final=True, **precision))
+        dtype = precision["dtype"]
+        after = load_model(str(run / "final"), dtype=dtype).model.model.layers[0] \
+            .self_attn.q_proj.weight
+        return float((after != start.to(after.dtype)).float().mean())
+
+    mixed = moved(dtype="float32", mixed_precision="bf16")
+    pure = moved(dtype="bfloat16", mixed_precision="no")
+    assert mixed > 0.95 and pure < 0.5, (mixed, pure)
+
+
+def test_precision_combinations_that_cannot_train_are_refused_before_loading():
+    with pytest.raises(ConfigError, match="float16 weights cannot be trained"):
+        load_config(None, dtype="float16")
+    with pytest.raises(ConfigError, match="mixed_precision 'fp8'"):
+        load_config(None, mixed_precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+            load_config(None, mixed_precision="fp16")

@@ -31,7 +31,10 @@ class TrainConfig:
 
     # model and data
     model: str = _f("smollm2-135m", "Built-in alias, local folder or hub id.")
-    dtype: str = _f("float32", "float32, bfloat16 or float16.")
+    dtype: str = _f("float32", "Weight dtype of the trained (master) copy: float32 (default) or "
+                               "bfloat16 (pure bfloat16 training: small updates round away).")
+    mixed_precision: str = _f("no", "Compute precision: no, bf16 (autocast, float32 master "
+                                    "weights) or fp16 (autocast with loss scaling; needs a GPU).")
     task: str = _f("arithmetic", "Training task: built-in name, rg:<name>, file, folder or hub id.")
     rows: int = _f(256, "Training rows.")
     offset: int = _f(0, "Skip this many rows of the task first.")
@@ -156,3 +159,36 @@ def validate(c: TrainConfig, where: str = "config") -> None:
             raise ConfigError(f"{where}: {name} must be >= 1 (got {getattr(c, name)})")
     if c.track_every < 0 or c.save_steps < 0:
         raise ConfigError(f"{where}: track_every and save_steps must be >= 0")
+    check_precision(c, where)
+
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def check_precision(c: TrainConfig, where: str = "config") -> None:
+    """Refuse, before anything loads, the dtype / mixed-precision pairs that cannot train."""
+    import torch
+
+    dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(c.dtype, c.dtype)
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"{where}: dtype {c.dtype!r} is not float32, bfloat16 or float16")
+    if c.mixed_precision not in PRECISIONS:
+        raise ConfigError(f"{where}: mixed_precision {c.mixed_precision!r} is not one of "
+                          f"{PRECISIONS}")
+    if dtype == "float16":
+        raise ConfigError(f"{where}: float16 weights cannot be trained (the optimizer's loss "
+                          f"scaler refuses float16 gradients)",
+                          hint="--dtype float32 --mixed_precision fp16 trains in float16 "
+                               "with float32 master weights")
+    if c.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError(f"{where}: mixed_precision fp16 needs a GPU",
+                          hint="on a CPU use --mixed_precision bf16 or no")
+    if dtype == "bfloat16" and c.mixed_precision == "fp16":
+        raise ConfigError(f"{where}: bfloat16 weights with float16 compute cannot train",
+                          hint="--dtype float32 --mixed_precision fp16, or --mixed_precision "
+                               "bf16")
+
+
+def pure_bfloat16(c: TrainConfig) -> bool:
+    """True when the trained weights themselves are bfloat16 (no float32 master copy)."""
+    return c.dtype in ("bfloat16", "bf16")

@@ -19,13 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 import yaml
 from transformers import TrainerCallback
 
 from ..progress import quiet_hf_progress
-from .config import ConfigError, TrainConfig, load_config, validate  # noqa: F401
+from .config import (  # noqa: F401  (re-exported)
+    ConfigError,
+    TrainConfig,
+    load_config,
+    pure_bfloat16,
+    validate,
+)
 
 
 def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
@@ -94,6 +101,10 @@ def run_train(c: TrainConfig) -> dict:
     resume_from = plan.resume_from.path if plan.resume_from else None
     run, ckpt_dir = plan.run, plan.run / "checkpoints"
 
+    if pure_bfloat16(c) and state.is_main_process:
+        print("headway: warning: --dtype bfloat16 trains bfloat16 weights without a float32 "
+              "master copy: updates smaller than bfloat16's resolution round away. "
+              "--dtype float32 --mixed_precision bf16 keeps them.", file=sys.stderr)
     lm = load_model(c.model, dtype=c.dtype)
     tied = getattr(lm.model, "all_tied_weights_keys", None)
     if tied and not lm.model._keys_to_ignore_on_save:
@@ -137,7 +148,7 @@ def run_train(c: TrainConfig) -> dict:
         report_to="none",  # TensorBoard, when asked, is a callback with its own folder
         max_length=c.max_length, packing=False,
         **{_checkpointing_field(SFTConfig): c.gradient_checkpointing},
-        bf16=c.dtype in ("bfloat16", "bf16"), fp16=c.dtype in ("float16", "fp16"),
+        bf16=c.mixed_precision == "bf16", fp16=c.mixed_precision == "fp16",
         disable_tqdm=not c.progress, dataloader_num_workers=0, remove_unused_columns=True,
         use_cpu=not torch.cuda.is_available())
     dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
