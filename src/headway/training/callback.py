@@ -27,6 +27,7 @@ writes the later ones again.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,11 @@ class PatternCallback(TrainerCallback):
     ``processing_class``). ``every``: record every this many optimizer steps (0: only at the
     start and the end). ``output_dir``: the run folder (default ``<args.output_dir>/headway``).
     ``template``, ``max_length``, ``overlong``, ``batch_size``: as for :func:`headway.score`.
-    ``initial_weights``: the step-0 weights (:meth:`HeadWeights.snapshot`) when the callback
-    does not see step 0 itself (a resumed run); without them a resumed run records no
-    parameter change. ``manifest``: extra fields for ``manifest.json`` (``False``: write none,
+    ``initial_weights``: where W_0 of the parameter change comes from: default, the
+    safetensors files the model was loaded from (``name_or_path``), read memory-mapped, or a
+    copy in the weights' dtype when they are not there; a folder; or a
+    :class:`~headway.training.weight_change.StartWeights`. A resumed run whose start cannot be
+    read records no parameter change (and says so). ``manifest``: extra fields for ``manifest.json`` (``False``: write none,
     as ``headway train`` does, which writes its own). ``train_task``: the probe that is the
     training task (default: the first), for ``headway analyze``.
     """
@@ -159,10 +162,24 @@ class PatternCallback(TrainerCallback):
             self._load_first()
         if self.is_main and self.manifest is not False:
             self._write_manifest(args, state, model, status="running")
-        if self.track_weights and self.initial is None and state.global_step == 0:
-            self.initial = HeadWeights(model).snapshot()
+        if self.track_weights:
+            self._start_weights(model, state.global_step == 0)
         if state.global_step == 0:
             self.record(model, 0, state)
+
+    def _start_weights(self, model, now_is_start: bool) -> None:
+        """W_0 for the parameter change, without copying the model where its checkpoint can
+        be read (:func:`~headway.training.weight_change.start_weights`)."""
+        from .weight_change import StartWeights, start_weights
+
+        if isinstance(self.initial, (str, Path)):
+            self.initial = StartWeights.from_folder(self.initial, HeadWeights(model))
+        elif self.initial is None:
+            self.initial = start_weights(model, now_is_start=now_is_start)
+        if self.initial is None and self.is_main:
+            print("headway: parameter change is not recorded: the run resumed and its starting "
+                  "weights are not in a folder to read (pass initial_weights=FOLDER)",
+                  file=sys.stderr)
 
     def _load_first(self) -> None:
         for probe in self.probes:

@@ -152,34 +152,13 @@ class HeadWeights:
                     out[f"{layer}.mlp{i}"] = effective_weight(m).detach().float().cpu().clone()
         return out
 
-    def relative_change(self, initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """‖W_t − W_0‖_F / ‖W_0‖_F per head and role, and per layer for the MLP.
+    def relative_change(self, initial) -> dict[str, torch.Tensor]:
+        """‖W_t − W_0‖_F / ‖W_0‖_F per head and role (``[L, H]``) and per layer for the MLP
+        (``[L]``): see :func:`headway.training.weight_change.relative_change`. ``initial``: a
+        :meth:`snapshot` or a :class:`~headway.training.weight_change.StartWeights`."""
+        from .weight_change import relative_change
 
-        Returns ``{"q","k","v","o","attn": [L, H], "mlp": [L]}``; ``attn`` pools a head's
-        q, k, v and o slices. q/k/v are NaN for fused-projection families.
-        """
-        L, H = self.n_layers, self.n_heads
-        now = self.snapshot()
-        diff2 = {r: torch.full((L, H), float("nan")) for r in "qkvo"}
-        base2 = {r: torch.full((L, H), float("nan")) for r in "qkvo"}
-        mlp = torch.zeros(L)
-        for layer in range(L):
-            for role in self.roles():
-                w0, w1 = initial[f"{layer}.{role}"], now[f"{layer}.{role}"]
-                for h in range(H):
-                    s0 = self.head_slice(layer, role, h, w0)
-                    s1 = self.head_slice(layer, role, h, w1)
-                    diff2[role][layer, h] = (s1 - s0).pow(2).sum()
-                    base2[role][layer, h] = s0.pow(2).sum()
-            keys = [k for k in initial if k.startswith(f"{layer}.mlp")]
-            d = sum(float((now[k] - initial[k]).pow(2).sum()) for k in keys)
-            b = sum(float(initial[k].pow(2).sum()) for k in keys)
-            mlp[layer] = (d / b) ** 0.5 if b else 0.0
-        roles = [r for r in "qkvo" if not torch.isnan(diff2[r]).all()]
-        out = {r: (diff2[r] / base2[r]).sqrt() for r in "qkvo"}
-        out["attn"] = (sum(diff2[r] for r in roles) / sum(base2[r] for r in roles)).sqrt()
-        out["mlp"] = mlp
-        return out
+        return relative_change(self, initial)
 
 
 class HeadSelection:

@@ -84,8 +84,9 @@ def run_train(c: TrainConfig) -> dict:
     from ..storage import atomic_write_json, check_writable
     from ..tasks import encode_examples, load_task, task_record
     from .callback import PatternCallback
-    from .heads import HeadSelection, HeadWeights, parse_heads, top_heads_from_file
+    from .heads import HeadSelection, parse_heads, top_heads_from_file
     from .run_dir import RunMarker, mean_train_loss, plan_run, prepare_run
+    from .weight_change import start_weights
 
     validate(c)
     state = process_state()
@@ -115,7 +116,8 @@ def run_train(c: TrainConfig) -> dict:
                                      c.max_length, c.overlong, train_task.source,
                                      prompt_field=train_task.prompt_field)
     probes = build_probes(c, lm.tokenizer, train_task) if c.tracking else []
-    initial = HeadWeights(lm.model).snapshot() if c.tracking else {}
+    # W_0: read from the model's own files where they hold it, else a copy in its dtype
+    initial = start_weights(lm.model, lm.path) if c.tracking else None
 
     selection = None
     if c.mode == "heads":
@@ -154,7 +156,7 @@ def run_train(c: TrainConfig) -> dict:
     dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
                                  "labels": [e.labels for e in encoded]})
     tracker = PatternCallback(probes, lm.tokenizer, c.track_every, output_dir=run,
-                              initial_weights=initial or None, manifest=False,
+                              initial_weights=initial, manifest=False,
                               model_info=lm.describe())
     marker = RunMarker(c, plan.resume_from.prior if plan.resume_from else {}, tracker,
                        is_main=state.is_main_process)

@@ -69,8 +69,8 @@ def trajectory(checkpoints, base: str, probes: dict, *, output_dir=None,
     from ..models import load_model
     from ..storage import atomic_write_json, check_writable
     from .callback import PatternCallback
-    from .heads import HeadWeights
     from .records import read_metrics
+    from .weight_change import start_weights
 
     steps = checkpoint_steps(checkpoints)
     if output_dir is None:
@@ -83,7 +83,7 @@ def trajectory(checkpoints, base: str, probes: dict, *, output_dir=None,
                                max_length=max_length, overlong=overlong, batch_size=batch_size,
                                manifest=False)
     recorder.prepare(out, start.tokenizer, start.describe(),
-                     initial=HeadWeights(start.model).snapshot())
+                     initial=start_weights(start.model))
     key = {"base": start.describe(), "probes": [p.task for p in recorder.probes],
            "settings": recorder.settings, "checkpoints": [str(p) for _, p in steps]}
     manifest_file = out / "manifest.json"
