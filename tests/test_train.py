@@ -234,3 +234,12 @@ def test_precision_combinations_that_cannot_train_are_refused_before_loading():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="fp16 needs a GPU"):
             load_config(None, mixed_precision="fp16")
+
+
+def test_log_schedule_records_densely_early(model_dir, tmp_path):
+    from headway.training.callback import log_schedule
+
+    assert log_schedule(300, 25) == [0, 1, 2, 3, 4, 7, 11, 17, 28, 45, 72, 116, 187, 300]
+    run = tmp_path / "run"
+    run_train(config(model_dir, run, max_steps=8, track_every=2, track_schedule="log"))
+    assert probe_steps(run) == log_schedule(8, 2) == [0, 1, 2, 3, 5, 8]

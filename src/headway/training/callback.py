@@ -62,7 +62,8 @@ class PatternCallback(TrainerCallback):
     ``datasets.Dataset``, a list of dicts, a DataFrame, a file path or a task name), or a list
     of :class:`Probe`. ``tokenizer``: the model's tokenizer (default: the Trainer's
     ``processing_class``). ``every``: record every this many optimizer steps (0: only at the
-    start and the end). ``output_dir``: the run folder (default ``<args.output_dir>/headway``).
+    start and the end). ``schedule="log"``: as many records, spaced evenly in log(step)
+    instead (:func:`log_schedule`: dense early, when patterns move most, sparse later). ``output_dir``: the run folder (default ``<args.output_dir>/headway``).
     ``template``, ``max_length``, ``overlong``, ``batch_size``: as for :func:`headway.score`.
     ``initial_weights``: where W_0 of the parameter change comes from: default, the
     safetensors files the model was loaded from (``name_or_path``), read memory-mapped, or a
@@ -73,13 +74,18 @@ class PatternCallback(TrainerCallback):
     training task (default: the first), for ``headway analyze``.
     """
 
-    def __init__(self, probes, tokenizer=None, every: int = 25, *, output_dir=None,
+    def __init__(self, probes, tokenizer=None, every: int = 25, *, schedule: str = "every",
+                 output_dir=None,
                  template: str = "qa", max_length: int = 1024, overlong: str = "truncate",
                  batch_size: int = 8, track_weights: bool = True, initial_weights=None,
                  manifest: dict | bool = True, train_task: str | None = None, model_info=None,
                  trainer=None):
         if every < 0:
             raise ValueError(f"every must be >= 0 (got {every})")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
+        self.schedule = schedule
+        self.steps: set[int] | None = None  # the log schedule's steps, once the length is known
         self.raw_probes = probes
         self.tokenizer = tokenizer
         self.every = every
@@ -196,7 +202,7 @@ class PatternCallback(TrainerCallback):
                 "model": self.model_info, "mode": _mode(model),
                 "train_task": {"name": self.train_task or self.probes[0].name},
                 "probes": [{**p.task, "n": len(p.encoded)} for p in self.probes],
-                "every": self.every, "world_size": args.world_size,
+                "every": self.every, "schedule": self.schedule, "world_size": args.world_size,
                 "versions": library_versions(), "written_by": "headway.PatternCallback"}
         path = self.run_dir / "manifest.json"
         if status != "running" and path.is_file():
@@ -207,12 +213,19 @@ class PatternCallback(TrainerCallback):
 
     # -- Trainer events -------------------------------------------------------------------
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if self.every and state.global_step % self.every == 0:
+        if self._due(state):
             self.record(model, state.global_step, state)
 
+    def _due(self, state) -> bool:
+        step = state.global_step
+        if self.schedule == "log" and state.max_steps > 0:
+            if self.steps is None:
+                self.steps = set(log_schedule(state.max_steps, self.every))
+            return step in self.steps
+        return bool(self.every) and step % self.every == 0
+
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if not self.every or state.global_step % self.every:
-            self.record(model, state.global_step, state)
+        self.record(model, state.global_step, state)  # once: done steps are skipped
         if self.is_main and self.manifest is not False:
             self._write_manifest(args, state, model, status="finished",
                                  global_step=state.global_step,
@@ -289,6 +302,20 @@ class PatternCallback(TrainerCallback):
         elif state is not None:
             state.log_history.append({**logs, "step": step})
             self.pending.update(logs)
+
+
+SCHEDULES = ("every", "log")
+
+
+def log_schedule(max_steps: int, every: int) -> list[int]:
+    """Record steps spaced evenly in log(step) from 1 to ``max_steps``, as many as the fixed
+    interval ``every`` would give (at least 4), plus step 0, deduplicated after rounding. E.g.
+    300 steps, every 25: 0, 1, 2, 3, 4, 7, 11, 17, 28, 45, 72, 116, 187, 300."""
+    import math
+
+    count = max(max_steps // every if every else 0, 3) + 1
+    points = {round(math.exp(math.log(max_steps) * i / (count - 1))) for i in range(count)}
+    return sorted({0, *points})
 
 
 def _pad_id(tokenizer) -> int:

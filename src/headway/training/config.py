@@ -85,6 +85,9 @@ class TrainConfig:
                                        "then in-sample).")
     track_every: int = _f(25, "Record probe APs and parameter change every this many steps "
                               "(0: only at the start and the end).")
+    track_schedule: str = _f("every", "every: record every track_every steps; log: as many "
+                                      "records spaced evenly in log(step), dense early (when "
+                                      "patterns move most) and sparse later.")
     tracking: bool = _f(True, "Record probe patterns and parameter change (false: plain SFT).")
     tensorboard: bool = _f(False, "Also log to TensorBoard (output_dir/tensorboard).")
     output_dir: str = _f("runs/train", "Run directory.")
@@ -159,6 +162,8 @@ def validate(c: TrainConfig, where: str = "config") -> None:
             raise ConfigError(f"{where}: {name} must be >= 1 (got {getattr(c, name)})")
     if c.track_every < 0 or c.save_steps < 0:
         raise ConfigError(f"{where}: track_every and save_steps must be >= 0")
+    if c.track_schedule not in ("every", "log"):
+        raise ConfigError(f"{where}: track_schedule {c.track_schedule!r} is not every or log")
     check_precision(c, where)
 
 

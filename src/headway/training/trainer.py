@@ -155,7 +155,8 @@ def run_train(c: TrainConfig) -> dict:
         use_cpu=not torch.cuda.is_available())
     dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
                                  "labels": [e.labels for e in encoded]})
-    tracker = PatternCallback(probes, lm.tokenizer, c.track_every, output_dir=run,
+    tracker = PatternCallback(probes, lm.tokenizer, c.track_every, schedule=c.track_schedule,
+                              output_dir=run,
                               initial_weights=initial, manifest=False,
                               model_info=lm.describe())
     marker = RunMarker(c, plan.resume_from.prior if plan.resume_from else {}, tracker,
