@@ -243,3 +243,46 @@ def test_log_schedule_records_densely_early(model_dir, tmp_path):
     run = tmp_path / "run"
     run_train(config(model_dir, run, max_steps=8, track_every=2, track_schedule="log"))
     assert probe_steps(run) == log_schedule(8, 2) == [0, 1, 2, 3, 5, 8]
+
+
+def test_head_adapter_reproduces_masked_training_with_state_for_its_entries_only(model_dir,
+                                                                                 tmp_path):
+    """Same run (seed, float32, weight decay 0) through the masked weights and through the
+    adapter: the same trained weights to 1e-5; the adapter saved alone loads onto its base."""
+    from headway.models import load_model
+
+    runs = {}
+    for how in ("mask", "adapter"):
+        run = tmp_path / how
+        manifest = run_train(config(model_dir, run, mode="heads", heads=["0.1", "1.2"],
+                                    head_training=how, weight_decay=0.0, tracking=False,
+                                    save_final=True))
+        runs[how] = dict(load_model(str(run / "final")).model.named_parameters())
+        assert manifest["n_trainable_parameters"] == 2 * (8 * 32 * 3 + 32 * 8)
+    for name, w in runs["mask"].items():
+        torch.testing.assert_close(runs["adapter"][name], w, rtol=1e-5, atol=1e-7)
+
+    alone = tmp_path / "alone"
+    run_train(config(model_dir, alone, mode="heads", heads=["0.1", "1.2"], weight_decay=0.0,
+                     tracking=False, save_final=True, save_merged=False))
+    files = sorted(p.name for p in (alone / "final").iterdir())
+    assert "head_adapter.safetensors" in files and "model.safetensors" not in files
+    loaded = dict(load_model(str(alone / "final")).model.named_parameters())
+    for name, w in runs["adapter"].items():
+        torch.testing.assert_close(loaded[name], w, rtol=0, atol=0)
+
+
+def test_head_adapter_optimizer_holds_state_for_the_selected_entries_only(model_dir):
+    from headway.models import load_model
+    from headway.training.head_adapter import add_head_adapter
+    from headway.training.heads import HeadSelection
+
+    adapter = load_model(str(model_dir)).model
+    n = add_head_adapter(adapter, [(0, 1), (1, 2)])
+    trainable = [p for p in adapter.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == n == 2048
+    masked = load_model(str(model_dir)).model
+    HeadSelection(masked, [(0, 1), (1, 2)]).apply()
+    # the masked version's optimizer state covers whole q/k/v/o matrices of both layers
+    assert sum(p.numel() for p in masked.parameters() if p.requires_grad) == 2 * (
+        32 * 32 + 2 * 16 * 32 + 32 * 32)

@@ -194,6 +194,15 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
         rev = "gguf-sha256:" + source["gguf_sha256"][:16]
         info["source"] = f"{source['package']}=={source['version']}:{source['gguf']}"
         where = str(path)
+    elif (Path(name) / HEAD_ADAPTER_CONFIG).is_file() and not (Path(name) / "config.json").is_file():
+        folder = Path(name).resolve()
+        base_name = json.loads((folder / HEAD_ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+        base = load_model(base_name, dtype, attn_implementation=attn_implementation,
+                          trust_remote_code=trust_remote_code, device=device)
+        merge_head_adapter(base.model, folder)
+        return dataclasses.replace(base, name=str(folder), path=str(folder),
+                                   revision=f"{folder_fingerprint(folder)}+{base.revision}",
+                                   info={**base.info, "base_model": base_name})
     elif (Path(name) / "adapter_config.json").is_file() and not (Path(name) / "config.json").is_file():
         return load_adapter(Path(name), dtype, attn_implementation, trust_remote_code, device,
                             tokenizer)
@@ -330,3 +339,27 @@ def random_twin(pretrained: LoadedModel, device=None, seed: int = 0) -> LoadedMo
         model.to(device)
     return dataclasses.replace(pretrained, model=model, name=RANDOM_PREFIX + pretrained.name,
                                revision=f"random-init(seed={seed}) of {pretrained.revision}")
+
+
+HEAD_ADAPTER_FILE = "head_adapter.safetensors"
+HEAD_ADAPTER_CONFIG = "head_adapter.json"
+
+
+def merge_head_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Add a head adapter saved by ``headway train --mode heads --save_merged false`` to
+    ``model`` (its base), merged into the weights: the trained model."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = json.loads((folder / HEAD_ADAPTER_CONFIG).read_text())
+    tensors = load_file(str(folder / HEAD_ADAPTER_FILE))
+    with torch.no_grad():
+        for name, spec in config["modules"].items():
+            weight = model.get_submodule(name).weight
+            delta = tensors[f"{name}.delta"].to(weight)
+            index = torch.tensor(spec["index"], dtype=torch.long)
+            if spec["along"] == "rows":
+                weight[index] += delta
+            else:
+                weight[:, index] += delta
+    return model

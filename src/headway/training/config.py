@@ -52,6 +52,13 @@ class TrainConfig:
     heads: list[str] = _f([], "mode=heads: heads as LAYER.HEAD (e.g. 3.1 5.0).")
     heads_from: str | None = _f(None, "mode=heads: take the top_k heads of this pattern file.")
     top_k: int = _f(10, "mode=heads with heads_from: how many heads.")
+    head_training: str = _f("adapter", "mode=heads: adapter (only the selected heads' entries "
+                                       "exist as trainable deltas; the optimizer holds state for "
+                                       "exactly them) or mask (the whole q/k/v/o matrices train "
+                                       "with their other entries put back after each step).")
+    save_merged: bool = _f(True, "mode=heads with the adapter: final/ holds the merged model "
+                                 "(true) or the adapter alone (false: head_adapter.safetensors, "
+                                 "a few MB, which loads onto its base).")
     lora_r: int = _f(8, "LoRA rank.")
     lora_alpha: int = _f(16, "LoRA alpha.")
     lora_dropout: float = _f(0.0, "LoRA dropout.")
@@ -162,6 +169,8 @@ def validate(c: TrainConfig, where: str = "config") -> None:
             raise ConfigError(f"{where}: {name} must be >= 1 (got {getattr(c, name)})")
     if c.track_every < 0 or c.save_steps < 0:
         raise ConfigError(f"{where}: track_every and save_steps must be >= 0")
+    if c.head_training not in ("adapter", "mask"):
+        raise ConfigError(f"{where}: head_training {c.head_training!r} is not adapter or mask")
     if c.track_schedule not in ("every", "log"):
         raise ConfigError(f"{where}: track_schedule {c.track_schedule!r} is not every or log")
     check_precision(c, where)

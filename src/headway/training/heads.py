@@ -69,7 +69,10 @@ def _is_lora(module: nn.Module) -> bool:
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the module applies: for a PEFT LoRA layer, base + the active adapters' delta."""
+    """The weight the module applies: for a PEFT LoRA layer, base + the active adapters' delta;
+    for a head adapter (:class:`~headway.training.head_adapter.HeadDelta`), base + its delta."""
+    if hasattr(module, "merged_weight"):
+        return module.merged_weight()
     if _is_lora(module):
         weight = module.base_layer.weight
         for name in module.active_adapters:

@@ -84,6 +84,7 @@ def run_train(c: TrainConfig) -> dict:
     from ..storage import atomic_write_json, check_writable
     from ..tasks import encode_examples, load_task, task_record
     from .callback import PatternCallback
+    from .head_adapter import add_head_adapter
     from .heads import HeadSelection, parse_heads, top_heads_from_file
     from .run_dir import RunMarker, mean_train_loss, plan_run, prepare_run
     from .weight_change import start_weights
@@ -119,14 +120,17 @@ def run_train(c: TrainConfig) -> dict:
     # W_0: read from the model's own files where they hold it, else a copy in its dtype
     initial = start_weights(lm.model, lm.path) if c.tracking else None
 
-    selection = None
+    selection, heads = None, None
     if c.mode == "heads":
         try:
             heads = (top_heads_from_file(c.heads_from, c.top_k, lm.n_layers, lm.n_heads)
                      if c.heads_from else parse_heads(c.heads, lm.n_layers, lm.n_heads))
         except ValueError as err:
             raise ConfigError(f"{'heads_from' if c.heads_from else 'heads'}: {err}") from err
-        selection = HeadSelection(lm.model, heads).apply()
+        if c.head_training == "mask":
+            selection = HeadSelection(lm.model, heads).apply()
+        else:
+            add_head_adapter(lm.model, heads)
     peft_config = None
     if c.mode == "lora":
         from peft import LoraConfig
@@ -183,7 +187,8 @@ def run_train(c: TrainConfig) -> dict:
     manifest = {
         "kind": "headway.TrainRun", "format_version": 1, "status": "running",
         "model": lm.describe(), "mode": c.mode,
-        "heads": [f"{l}.{h}" for l, h in selection.heads] if selection else None,
+        "heads": [f"{l}.{h}" for l, h in heads] if heads else None,
+        "head_training": c.head_training if heads else None,
         "n_trainable_parameters": n_trainable,
         "n_parameters": sum(p.numel() for p in lm.model.parameters()),
         "train_task": {**task_record(train_task), "n": stats.n_out,
@@ -201,11 +206,26 @@ def run_train(c: TrainConfig) -> dict:
                     **marker.seconds(),  # over every session of the run
                     train_loss=result.training_loss if loss is None else loss)
     if c.save_final:
-        with quiet_hf_progress():  # every process calls it; the main one writes
-            trainer.save_model(str(run / "final"))
+        save_final(trainer, lm, c, run / "final", state.is_main_process)
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
     return manifest
+
+
+def save_final(trainer, lm, c: TrainConfig, folder: Path, is_main: bool) -> None:
+    """The trained weights: the model (LoRA: its adapter), or for head adapters the merged
+    model or, with ``save_merged`` false, the adapter alone."""
+    from .head_adapter import merge, save_adapter
+
+    if c.mode == "heads" and c.head_training == "adapter":
+        if not c.save_merged:
+            if is_main:
+                save_adapter(lm.model, folder, base=lm.path)
+                lm.tokenizer.save_pretrained(folder)
+            return
+        merge(lm.model)
+    with quiet_hf_progress():  # every process calls it; the main one writes
+        trainer.save_model(str(folder))
 
 
 def _checkpointing_field(config_class) -> str:
