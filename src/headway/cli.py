@@ -154,31 +154,18 @@ def cmd_report(args) -> int:
 
 def cmd_eval(args) -> int:
     from .experiments.evaluation import (
-        EvalError,
         EvalSettings,
         check_disjoint,
         duplicate_prompts,
         evaluate,
     )
-    from .experiments.runner import trained_rows
+    from .experiments.runner import rows_trained_by
     from .storage import atomic_write_json, check_writable
-    from .tasks import TaskSpec
 
     task = _load_task(args)
     if args.output:
         check_writable(Path(args.output).parent)
-    used, prompts = [], []
-    for run in args.train_run:
-        manifest = Path(run) / "manifest.json"
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: not a headway train run directory")
-        try:
-            spec = TaskSpec(**json.loads(manifest.read_text())["train_task"]["spec"])
-        except (ValueError, KeyError, TypeError) as err:
-            raise EvalError(f"{manifest}: no readable train_task.spec ({err!r})") from err
-        rows, run_prompts = trained_rows(spec)
-        used += rows
-        prompts += run_prompts
+    used, prompts = rows_trained_by(args.train_run)
     check_disjoint(task, used)
     lm = _load_model(args)
     result = evaluate(lm, task, EvalSettings(args.template, args.max_length, args.overlong,
