@@ -123,6 +123,27 @@ def trained_rows(spec) -> tuple[list[tuple[str, list[int]]], list[str]]:
     return used, [e.prompt for e in task.examples]
 
 
+def rows_trained_by(run_dirs) -> tuple[list[tuple[str, list[int]]], list[str]]:
+    """:func:`trained_rows` of the training sets of ``headway train`` run directories (read from
+    each ``manifest.json``), concatenated in order."""
+    from ..tasks import TaskSpec
+    from .evaluation import EvalError
+
+    used, prompts = [], []
+    for run in run_dirs:
+        manifest = Path(run) / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: not a headway train run directory")
+        try:
+            spec = TaskSpec(**json.loads(manifest.read_text())["train_task"]["spec"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise EvalError(f"{manifest}: no readable train_task.spec ({err!r})") from err
+        rows, run_prompts = trained_rows(spec)
+        used += rows
+        prompts += run_prompts
+    return used, prompts
+
+
 def stage_spec(stage: dict):
     from ..tasks import TaskSpec
 

@@ -1,0 +1,323 @@
+"""The settings of every ``headway`` command but ``train``: one dataclass each, a ``help`` on
+every field (PEFT's and TRL's style).
+
+The command line fills them from flags (:mod:`headway.cli`, ``HfArgumentParser``: ``--max-length``
+or ``--max_length``); Python builds them and passes them to the command, which does the same::
+
+    from headway.commands import run
+    from headway.settings import ScoreArgs
+
+    run(ScoreArgs(task="arithmetic", rows=8))   # = headway score --task arithmetic -n 8
+
+``headway train`` has :class:`headway.training.config.TrainConfig` (also YAML). Groups of
+fields several commands share are base classes: :class:`ModelArgs`, :class:`TaskArgs`,
+:class:`ExperimentArgs`. Field metadata besides ``help``: ``aliases`` (short options),
+``positional`` (given without a flag), ``nargs`` and ``action`` where a flag takes other than
+one or more values, e.g. ``--train-run`` repeated.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import HeadwayError
+from .experiments.runner import BASIC_TASKS
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class SettingsError(HeadwayError, ValueError):
+    """A bad command setting: names the field."""
+
+
+def _f(default, help: str, **meta):
+    """A field with a default (a list is copied for each instance) and ``help``."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def _required(help: str, **meta):
+    return field(metadata={"help": help, **meta})
+
+
+@dataclass(kw_only=True)
+class Settings:
+    """Base of the command settings: a value outside a field's choices names the field."""
+
+    def __post_init__(self):
+        for name, kind in typing.get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
+                raise SettingsError(f"{type(self).__name__}: field {name!r} is {value!r}, not one "
+                                    f"of {', '.join(map(repr, typing.get_args(kind)))}")
+
+
+# ---------------------------------------------------------------- shared groups
+
+H_OFFSET = "skip this many rows first"
+H_SEED = "generator / shuffle seed"
+H_SPLIT = "dataset split for folders and hub ids"
+H_CONFIG = "hub dataset configuration, e.g. 'main' for gsm8k"
+H_PROMPT = "prompt column (default: auto-detect)"
+H_RESPONSE = "response column (default: auto-detect)"
+H_TEMPLATE = ("qa ('Question: {prompt}\\nAnswer: ', default), raw, chat (the tokenizer's chat "
+              "template) or a custom string containing {prompt}")
+H_MAX_LENGTH = "tokens per row"
+H_OVERLONG = "rows longer than --max-length: truncate the response or drop the row"
+H_DTYPE = "float32 (default), bfloat16 or float16"
+H_DEVICE = "torch device (default: cuda if available, else cpu)"
+H_PROGRESS = "show progress bars"
+Overlong = Literal["truncate", "drop"]
+
+
+@dataclass(kw_only=True)
+class ModelArgs(Settings):
+    """The model a command loads."""
+
+    _help_group = "model"  # the --help section of the fields declared here (not a field)
+
+    model: str = _f(DEFAULT_MODEL, "built-in alias (smollm2-135m), local model folder, or hub id")
+    revision: str | None = _f(None, "hub revision (branch, tag or commit) for hub ids")
+    dtype: str = _f("float32", H_DTYPE)
+    device: str | None = _f(None, H_DEVICE)
+    trust_remote_code: bool = _f(False, "allow the model's own Python code from the hub (off by "
+                                        "default)")
+
+
+@dataclass(kw_only=True)
+class TaskArgs(Settings):
+    """The rows a command reads, and how each becomes tokens."""
+
+    _help_group = "task"
+
+    task: str = _required("built-in task (see `headway tasks`), rg:<reasoning-gym name>, a "
+                          ".jsonl/.json/.csv/.parquet file, a dataset folder, or a hub dataset id")
+    rows: int | None = _f(None, "rows to use (default: all rows of a file or dataset, 64 "
+                                "generated rows for a built-in task)", aliases=["-n"])
+    offset: int = _f(0, H_OFFSET)
+    seed: int = _f(0, H_SEED)
+    shuffle: bool = _f(False, "shuffle file rows (seeded)")
+    split: str = _f("train", H_SPLIT)
+    config: str | None = _f(None, H_CONFIG)
+    prompt_field: str | None = _f(None, H_PROMPT)
+    response_field: str | None = _f(None, H_RESPONSE)
+    template: str = _f("qa", H_TEMPLATE)
+    max_length: int = _f(1024, H_MAX_LENGTH)
+    overlong: Overlong = _f("truncate", H_OVERLONG)
+
+
+@dataclass(kw_only=True)
+class ExperimentArgs(Settings):
+    """What the experiments (mix, select, modes) share."""
+
+    _help_group = "experiment"
+
+    output_dir: str = _f("experiments", "experiment folder", aliases=["-o"])
+    model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
+    target: str = _f("word_problems", "target task, as for --task of score")
+    target_rows: int = _f(32, "labelled target rows to train on: rows 0..N-1")
+    eval_rows: int = _f(64, "held-out evaluation rows")
+    eval_offset: int = _f(10_000, "first evaluation row of the target")
+    seeds: list[int] = _f([0, 1, 2], "seeds (default: 0 1 2): each arm runs once per seed. A "
+                                     "seed sets the training seed; in mix also the basic rows "
+                                     "drawn and the random mixture, in select the random rows. "
+                                     "Target and evaluation rows stay the same")
+    batch_size: int = _f(8, "rows per step")
+    learning_rate: float = _f(5e-5, "full-SFT learning rate")
+    max_length: int = _f(512, H_MAX_LENGTH)
+    template: str = _f("qa", "prompt template")
+    keep_weights: bool = _f(False, "keep every arm's trained weights (default: deleted after "
+                                   "evaluation)")
+    progress: bool = _f(True, H_PROGRESS)
+
+
+@dataclass(kw_only=True)
+class TwoStageArgs(ExperimentArgs):
+    """Stage 1 on basic-task rows, stage 2 on the target rows (mix, select)."""
+
+
+    basics: list[str] = _f(BASIC_TASKS, "basic tasks")
+    stage1_steps: int = _f(16, "steps on the basic-task rows")
+    stage2_steps: int = _f(16, "steps on the target rows after stage 1")
+
+
+# ---------------------------------------------------------------- one per command
+
+
+@dataclass(kw_only=True)
+class ScoreArgs(TaskArgs, ModelArgs):
+    """``headway score``: a task's activation pattern."""
+
+
+    convention: Literal["sample", "paper"] = _f(
+        "sample", "sample: each sample's own mean loss (default); paper: the released script's "
+                  "batch-mean loss, batch 4, file order")
+    method: Literal["gate", "reference"] = _f(
+        "gate", "gate: fast path (default); reference: eager attention with Γ.grad")
+    batch_size: int | None = _f(None, "rows per batch (default 8; 4 with --convention paper)")
+    per_sample: bool = _f(False, "also store every sample's signed L x H scores")
+    output: str | None = _f(None, "output path without suffix (default runs/TASK)",
+                            aliases=["-o"])
+    progress: bool = _f(True, H_PROGRESS)
+
+
+@dataclass(kw_only=True)
+class ShowArgs(Settings):
+    """``headway show``: top heads, Gini, CV and a heatmap of a pattern file."""
+
+    pattern: str = _required("pattern file (.safetensors, or the path without suffix)",
+                             positional=True)
+    top_k: int = _f(10, "heads to list")
+    heatmap: str | None = _f(None, "PNG path (default: beside the pattern)")
+    json: bool = _f(False, "print JSON instead of a table")
+
+
+@dataclass(kw_only=True)
+class TasksArgs(Settings):
+    """``headway tasks``: list the built-in tasks (no settings)."""
+
+
+@dataclass(kw_only=True)
+class EvalArgs(TaskArgs, ModelArgs):
+    """``headway eval``: accuracy and response loss on held-out rows."""
+
+
+    train_run: list[str] = _f([], "a headway train run directory: fail if an evaluation row was "
+                                  "one of its training rows (repeatable)", action="append")
+    max_new_tokens: int | None = _f(None, "generation length (default: 1.5 x the longest "
+                                          "reference + 8)")
+    batch_size: int = _f(16, "rows per batch")
+    output: str | None = _f(None, "write the result (JSON, with every generation)",
+                            aliases=["-o"])
+    progress: bool = _f(True, H_PROGRESS)
+
+
+@dataclass(kw_only=True)
+class MixArgs(TwoStageArgs):
+    """``headway mix``: a pattern-guided basic-task mixture against a random mixture and
+    target-only SFT."""
+
+    output_dir: str = _f("experiments/mix", "experiment folder", aliases=["-o"])
+    total: int = _f(128, "mixture size N")
+    delta_rows: int = _f(64, "training rows of each basic task's ΔAP run")
+    delta_steps: int = _f(8, "SFT steps of each ΔAP run")
+    probe_rows: int = _f(32, "held-out probe rows of each basic task")
+
+
+@dataclass(kw_only=True)
+class SelectArgs(TwoStageArgs):
+    """``headway select``: the pool rows whose pattern is most like the target's, against random
+    rows."""
+
+    output_dir: str = _f("experiments/select", "experiment folder", aliases=["-o"])
+    basics: list[str] = _f(BASIC_TASKS, "tasks the pool is drawn from")
+    stage1_steps: int = _f(8, "steps on the basic-task rows")
+    pool_rows: int = _f(64, "pool rows per task")
+    top_n: int = _f(64, "rows selected")
+    similarity: Literal["pearson", "cosine"] = _f(
+        "pearson", "similarity of a pool row's per-sample pattern to the target pattern")
+
+
+@dataclass(kw_only=True)
+class ModesArgs(ExperimentArgs):
+    """``headway modes``: head-selective SFT against LoRA and full SFT at equal steps."""
+
+
+    output_dir: str = _f("experiments/modes", "experiment folder", aliases=["-o"])
+    steps: int = _f(32, "SFT steps")
+    top_k: int = _f(10, "heads trained")
+    lora_r: int = _f(8, "LoRA rank (alpha = 2r)")
+    lr_lora: float = _f(2e-4, "LoRA learning rate")
+    lr_heads: float = _f(5e-4, "head-selective learning rate")
+
+
+@dataclass(kw_only=True)
+class AnalyzeArgs(Settings):
+    """``headway analyze``: the findings from pattern files and tracked runs."""
+
+    patterns: list[str] = _f([], "pattern files (headway score)", nargs="*")
+    runs: list[str] = _f([], "run directories (headway train)", nargs="*")
+    complex: str | None = _f(None, "the run (task name or directory) whose ΔAP is fitted on the "
+                                   "other runs' ΔAP")
+    model: str | None = _f(None, "also ablate each pattern's top-k heads on this model (held-out "
+                                 "rows of the pattern's task)")
+    k: int = _f(10, "top heads")
+    random_draws: int = _f(10, "random head sets")
+    bootstrap: int = _f(200, "bootstrap replicates")
+    permutations: int = _f(500, "shuffled-null draws")
+    seed: int = _f(0, "seed of the bootstrap, the shuffled null and the random head sets")
+    output_dir: str = _f("analysis", "output folder", aliases=["-o"])
+    progress: bool = _f(True, H_PROGRESS)
+
+
+@dataclass(kw_only=True)
+class ReportArgs(Settings):
+    """``headway report``: one self-contained HTML file from ``headway analyze`` (or compare)."""
+
+    folder: str = _required("output folder of headway analyze", positional=True)
+    output: str | None = _f(None, "HTML path (default FOLDER/report.html)", aliases=["-o"])
+
+
+@dataclass(kw_only=True)
+class TrajectoryArgs(Settings):
+    """``headway trajectory``: patterns and parameter change over saved checkpoints."""
+
+    checkpoints: list[str] = _required("a folder of checkpoint-N folders (e.g. a Trainer's "
+                                       "output_dir), or model folders", positional=True)
+    base: str = _required("the model the checkpoints were trained from")
+    probes: list[str] = _required("probe tasks: built-in names, files, folders or hub ids, "
+                                  "optionally named as NAME=SOURCE")
+    rows: int | None = _f(None, "rows per probe (default: all of a file, 64 generated)",
+                          aliases=["-n"])
+    offset: int = _f(0, H_OFFSET)
+    seed: int = _f(0, H_SEED)
+    split: str = _f("train", H_SPLIT)
+    config: str | None = _f(None, H_CONFIG)
+    prompt_field: str | None = _f(None, H_PROMPT)
+    response_field: str | None = _f(None, H_RESPONSE)
+    template: str = _f("qa", H_TEMPLATE)
+    max_length: int = _f(1024, H_MAX_LENGTH)
+    overlong: Overlong = _f("truncate", H_OVERLONG)
+    dtype: str = _f("float32", H_DTYPE)
+    device: str | None = _f(None, H_DEVICE)
+    output_dir: str | None = _f(None, "output folder (default: FOLDER/headway-trajectory)",
+                                aliases=["-o"])
+    progress: bool = _f(True, H_PROGRESS)
+
+
+@dataclass(kw_only=True)
+class CompareArgs(TaskArgs):
+    """``headway compare``: ΔAP between two models on the same rows."""
+
+
+    model_a: str = _required("model A (alias, folder or hub id)", positional=True)
+    model_b: str = _required("model B", positional=True)
+    names: list[str] = _f(["A", "B"], "labels of the two models", nargs=2)
+    top_k: int = _f(10, "heads compared")
+    dtype: str = _f("float32", H_DTYPE)
+    device: str | None = _f(None, H_DEVICE)
+    output: str | None = _f(None, "output folder (default runs/compare-TASK)", aliases=["-o"])
+    progress: bool = _f(True, H_PROGRESS)
+
+
+@dataclass(kw_only=True)
+class DemoArgs(Settings):
+    """``headway demo``: the whole story on the built-in model."""
+
+    output_dir: str = _f("headway-demo", "output folder")
+    model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
+    rows: int = _f(64, "rows per task", aliases=["-n"])
+    sft_steps: int = _f(24, "steps of each tracked fine-tune (0 skips them)")
+    progress: bool = _f(True, H_PROGRESS)
+
+
+def help_group(cls: type, name: str) -> str | None:
+    """The ``--help`` section of field ``name`` of ``cls``: the ``_help_group`` of the class
+    that first declares it (None: the command's own options)."""
+    for klass in reversed(cls.__mro__):
+        if name in vars(klass).get("__annotations__", {}):
+            return vars(klass).get("_help_group")
+    return None
