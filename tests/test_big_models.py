@@ -34,3 +34,23 @@ def test_bad_device_map_and_missing_quantisation_backend_are_clear(llama_dir):
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="needs a CUDA GPU"):
             load_model(str(llama_dir), quantization="4bit")
+
+
+def test_score_command_takes_a_device_map(llama_dir, tmp_path):
+    import json
+
+    from headway.cli import main
+
+    placement = json.dumps({"model.embed_tokens": "cpu", "model.rotary_emb": "cpu",
+                            "model.layers.0": "disk", "model.layers.1": "cpu",
+                            "model.norm": "cpu", "lm_head": "cpu"})
+    common = ["score", "--model", str(llama_dir), "--task", "arithmetic", "--rows", "6",
+              "--per-sample", "--no-progress"]
+    assert main([*common, "-o", str(tmp_path / "one")]) == 0
+    assert main([*common, "--device-map", placement, "--offload-folder",
+                 str(tmp_path / "off"), "-o", str(tmp_path / "spread")]) == 0
+    one = headway.load_pattern(tmp_path / "one")
+    spread = headway.load_pattern(tmp_path / "spread")
+    assert spread.meta["model"]["device_map"]["model.layers.0"] == "disk"
+    assert float((one.per_sample - spread.per_sample).abs().max()
+                 / one.per_sample.abs().max()) <= 1e-6

@@ -85,6 +85,13 @@ class ModelArgs(Settings):
     device: str | None = _f(None, H_DEVICE)
     trust_remote_code: bool = _f(False, "allow the model's own Python code from the hub (off by "
                                         "default)")
+    device_map: str | None = _f(None, "spread the model over devices through accelerate: auto, "
+                                      "balanced, sequential, or a JSON object of module -> "
+                                      "device (cuda:0, cpu, disk); overrides --device")
+    offload_folder: str | None = _f(None, "folder for layers offloaded to disk by --device-map "
+                                          "(default: a folder in headway's cache)")
+    quantization: str | None = _f(None, "load a bitsandbytes 4bit or 8bit base (needs a CUDA "
+                                        "GPU and bitsandbytes)")
 
 
 @dataclass(kw_only=True)

@@ -30,4 +30,6 @@ def load_model(args, state=None):
     device = args.device or (state.device if state else
                              "cuda" if torch.cuda.is_available() else "cpu")
     return load_model(args.model, dtype=args.dtype, revision=args.revision,
-                      trust_remote_code=args.trust_remote_code, device=device)
+                      trust_remote_code=args.trust_remote_code, device=device,
+                      device_map=args.device_map, offload_folder=args.offload_folder,
+                      quantization=args.quantization)
