@@ -1,4 +1,5 @@
-"""Scoring benchmark: the numbers of DESIGN.md section 3 on a real model and real data.
+"""Scoring benchmark: the project's scoring targets (README, Benchmark) on a real model and
+real data.
 
     python benchmarks/bench_scoring.py                 # smollm2-135m, first 64 GSM8K test rows
 

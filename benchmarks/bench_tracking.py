@@ -3,7 +3,7 @@
     python benchmarks/bench_tracking.py            # smollm2-135m, arithmetic, 100 steps
 
 Prints wall time of both runs, the overhead (on - off) / off, and the time the tracker itself
-measured. Target (DESIGN.md section 3): <= 10 % at the default interval.
+measured. Target: <= 10 % at the default interval.
 """
 
 from __future__ import annotations

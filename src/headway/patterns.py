@@ -4,7 +4,7 @@ On disk a pattern is two files that share a stem: ``NAME.safetensors`` (tensors,
 also in its header) and ``NAME.json`` (the same metadata, for people and other tools).
 
 Tensors:
-    scores       [n_layers, n_heads]      AP[l,h] = mean_i |s_i[l,h]|  (DESIGN.md 1.1, Eq. 2)
+    scores       [n_layers, n_heads]      AP[l,h] = mean_i |s_i[l,h]|  (Zhao et al. 2025, Eq. 2)
     per_sample   [N, n_layers, n_heads]   signed s_i[l,h] = <Γ_lh(x_i), ∂L/∂Γ_lh>   (optional)
     loss         [N]                      each sample's mean response-token loss (nats)
     index        [N]                      each sample's row index in its task source

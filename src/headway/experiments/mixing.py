@@ -1,5 +1,5 @@
 """Training data from patterns: basic-task mixtures sized by composition weights α, and
-pool selection by per-sample pattern similarity (DESIGN.md 1.3).
+pool selection by per-sample pattern similarity.
 
 A mixture is written as a JSONL file that ``headway train`` reads like any task file; each
 line keeps where its row came from::

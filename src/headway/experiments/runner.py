@@ -1,5 +1,5 @@
 """``headway mix | select | modes``: fine-tuning experiments scored on held-out target rows,
-each method against its baselines, over several seeds (DESIGN.md 1.3).
+each method against its baselines, over several seeds.
 
 An *arm* is one way to fine-tune: a list of SFT stages (each a ``headway train`` run; stage
 k+1 starts from stage k's weights), then :func:`headway.experiments.evaluation.evaluate` on the target's
