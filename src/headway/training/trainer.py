@@ -107,7 +107,11 @@ def run_train(c: TrainConfig) -> dict:
         print("headway: warning: --dtype bfloat16 trains bfloat16 weights without a float32 "
               "master copy: updates smaller than bfloat16's resolution round away. "
               "--dtype float32 --mixed_precision bf16 keeps them.", file=sys.stderr)
-    lm = load_model(c.model, dtype=c.dtype)
+    lm = load_model(c.model, dtype=c.dtype, quantization=c.quantization)
+    if c.quantization:
+        from peft import prepare_model_for_kbit_training
+
+        lm.model = prepare_model_for_kbit_training(lm.model)
     tied = getattr(lm.model, "all_tied_weights_keys", None)
     if tied and not lm.model._keys_to_ignore_on_save:
         # Trainer's resume reports tied weights (never saved) as "missing keys" unless listed

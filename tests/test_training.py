@@ -286,3 +286,16 @@ def test_head_adapter_optimizer_holds_state_for_the_selected_entries_only(model_
     # the masked version's optimizer state covers whole q/k/v/o matrices of both layers
     assert sum(p.numel() for p in masked.parameters() if p.requires_grad) == 2 * (
         32 * 32 + 2 * 16 * 32 + 32 * 32)
+
+
+def test_sharded_training_is_refused_until_proven(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="FSDP .* not supported by headway train yet"):
+        load_config(None)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed"):
+        load_config(None)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    with pytest.raises(ConfigError, match="quantization needs mode lora"):
+        load_config(None, quantization="4bit")
