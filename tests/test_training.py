@@ -299,3 +299,38 @@ def test_sharded_training_is_refused_until_proven(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     with pytest.raises(ConfigError, match="quantization needs mode lora"):
         load_config(None, quantization="4bit")
+
+
+def test_checkpoints_of_head_adapter_training_load_as_the_trained_model(model_dir, tmp_path):
+    """A Trainer checkpoint of adapter training holds base + delta + index: it loads merged
+    (as final/ does), never with weights filled at random."""
+    from headway.models import load_model
+
+    run = tmp_path / "run"
+    run_train(config(model_dir, run, mode="heads", heads=["0.1"], max_steps=2, save_steps=2,
+                     tracking=False, save_final=True))
+    from_checkpoint = dict(load_model(str(run / "checkpoints" / "checkpoint-2")).model
+                           .named_parameters())
+    final = dict(load_model(str(run / "final")).model.named_parameters())
+    for name, w in final.items():
+        torch.testing.assert_close(from_checkpoint[name], w, rtol=0, atol=0)
+
+
+def test_a_finished_run_with_checkpoints_is_not_trained_again(model_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    run_train(config(model_dir, run, max_steps=2, save_steps=2, save_final=True))
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    run_train(config(model_dir, run, max_steps=2, save_steps=2, save_final=True))
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+
+
+def test_two_probes_of_one_name_are_refused(model_dir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        folder.mkdir()
+        (folder / "data.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n' * 8)
+    with pytest.raises(ConfigError, match="two probes are named .data."):
+        run_train(config(model_dir, tmp_path / "run", probes=[str(a / "data.jsonl"),
+                                                              str(b / "data.jsonl")],
+                         probe_rows=4))

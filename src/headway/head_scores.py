@@ -106,6 +106,7 @@ def reference_scores(model: nn.Module, batch: dict, n_heads: int, convention: st
         for a in attentions:
             a.retain_grad()
         objective(loss_sum, n_tokens, convention).backward()
-        scores = torch.stack([(a * a.grad).sum((-1, -2)) for a in attentions], 1)
+        scores = torch.stack([(a * a.grad).sum((-1, -2)).to(loss_sum.device)
+                              for a in attentions], 1)  # layers may sit on other devices
     model.zero_grad(set_to_none=True)
     return scores.float().detach(), loss_sum.detach(), n_tokens

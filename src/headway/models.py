@@ -44,6 +44,8 @@ from .builtin_model import (  # noqa: F401  (re-exported)
 from .errors import ModelError  # noqa: F401  (re-exported)
 from .progress import quiet_hf_progress
 
+RANDOM_PREFIX = "random:"
+
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -182,9 +184,19 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .adapters import (
+        HEAD_ADAPTER_CONFIG,
+        has_head_deltas,
+        load_adapter,
+        merge_head_adapter,
+        merge_head_checkpoint,
+    )
     from .model_checks import check_hub_id, check_weight_files, load_error
 
     if name.startswith(RANDOM_PREFIX):
+        if device_map is not None or quantization is not None:
+            raise ModelError(f"{name}: a random twin is built in memory on one device; "
+                             f"--device-map and --quantization do not apply to it")
         return random_twin(load_model(name[len(RANDOM_PREFIX):], dtype, revision,
                                       attn_implementation, trust_remote_code), device)
     info: dict = {}
@@ -200,6 +212,8 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
         base = load_model(base_name, dtype, attn_implementation=attn_implementation,
                           trust_remote_code=trust_remote_code, device=device)
         merge_head_adapter(base.model, folder)
+        # a model trained on top of this one must name this folder as its base
+        base.model.config._name_or_path = base.model.name_or_path = str(folder)
         return dataclasses.replace(base, name=str(folder), path=str(folder),
                                    revision=f"{folder_fingerprint(folder)}+{base.revision}",
                                    info={**base.info, "base_model": base_name})
@@ -228,14 +242,18 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
             given = tokenizer is not None  # e.g. a checkpoint saved without its tokenizer
             tokenizer = tokenizer if given else AutoTokenizer.from_pretrained(
                 path, trust_remote_code=trust_remote_code, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
+            model, loading = AutoModelForCausalLM.from_pretrained(
                 path, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation,
-                trust_remote_code=trust_remote_code,
+                trust_remote_code=trust_remote_code, output_loading_info=True,
                 **kwargs, **placement)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         if isinstance(err, torch.cuda.OutOfMemoryError):
             raise
         raise load_error(name, path, local, err) from err
+    if local and has_head_deltas(Path(path)):  # a checkpoint of head-adapter training
+        merge_head_checkpoint(model, Path(path))
+    else:
+        _check_complete(model, loading, name)
     commit = getattr(model.config, "_commit_hash", None)
     if commit and not local:
         rev = commit
@@ -294,35 +312,6 @@ def _placement(device_map, offload_folder) -> dict:
     return out
 
 
-def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None = None,
-                 trust_remote_code: bool = False, device=None, tokenizer=None) -> LoadedModel:
-    """A PEFT adapter folder (e.g. a LoRA run's ``final/``): its base model
-    (``base_model_name_or_path``) with the adapter merged into the weights."""
-    from peft import PeftModel
-
-    folder = folder.resolve()
-    try:
-        base_name = json.loads((folder / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path")
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{folder}/adapter_config.json: cannot read it: {err}") from err
-    if not base_name:
-        raise ModelError(f"{folder}/adapter_config.json names no base_model_name_or_path")
-    base = load_model(base_name, dtype, attn_implementation=attn_implementation,
-                      trust_remote_code=trust_remote_code, tokenizer=tokenizer)
-    model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().eval()
-    # an adapter trained on top of this merged model must name this folder as its base
-    model.config._name_or_path = model.name_or_path = str(folder)
-    if device is not None:
-        model.to(device)
-    return dataclasses.replace(base, model=model, name=str(folder), path=str(folder),
-                               revision=f"{folder_fingerprint(folder)}+{base.revision}",
-                               info={**base.info, "base_model": base_name})
-
-
-RANDOM_PREFIX = "random:"
-
-
 def random_twin(pretrained: LoadedModel, device=None, seed: int = 0) -> LoadedModel:
     """The same architecture, config and tokenizer with freshly initialised weights (the
     model's own initialiser, fixed seed): a control without pretrained knowledge. Loaded as
@@ -337,29 +326,17 @@ def random_twin(pretrained: LoadedModel, device=None, seed: int = 0) -> LoadedMo
     model.eval()
     if device is not None:
         model.to(device)
+    # its weights are in no folder: nothing may read them from the pretrained model's files
+    model.config._name_or_path = model.name_or_path = RANDOM_PREFIX + pretrained.name
     return dataclasses.replace(pretrained, model=model, name=RANDOM_PREFIX + pretrained.name,
                                revision=f"random-init(seed={seed}) of {pretrained.revision}")
 
 
-HEAD_ADAPTER_FILE = "head_adapter.safetensors"
-HEAD_ADAPTER_CONFIG = "head_adapter.json"
-
-
-def merge_head_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
-    """Add a head adapter saved by ``headway train --mode heads --save_merged false`` to
-    ``model`` (its base), merged into the weights: the trained model."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    config = json.loads((folder / HEAD_ADAPTER_CONFIG).read_text())
-    tensors = load_file(str(folder / HEAD_ADAPTER_FILE))
-    with torch.no_grad():
-        for name, spec in config["modules"].items():
-            weight = model.get_submodule(name).weight
-            delta = tensors[f"{name}.delta"].to(weight)
-            index = torch.tensor(spec["index"], dtype=torch.long)
-            if spec["along"] == "rows":
-                weight[index] += delta
-            else:
-                weight[:, index] += delta
-    return model
+def _check_complete(model, loading: dict, name: str) -> None:
+    """Weights that the files did not hold would be random: refuse (tied weights aside)."""
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    missing = sorted(set(loading.get("missing_keys", [])) - tied)
+    if missing:
+        raise ModelError(f"{name}: its weight files lack {len(missing)} weights of the model "
+                         f"(e.g. {', '.join(missing[:3])}); loading would fill them at random",
+                         hint="is this a complete checkpoint saved by save_pretrained?")

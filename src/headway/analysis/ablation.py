@@ -51,7 +51,7 @@ def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int
 
     def accumulate(layer: int, x: torch.Tensor) -> None:
         x = split_heads(x, n_heads)  # [B, T, H, d]
-        mask = current["mask"][..., None, None].to(x.dtype)
+        mask = current["mask"][..., None, None].to(device=x.device, dtype=x.dtype)
         sums[layer] += (x * mask).sum((0, 1)).double().cpu()
 
     with on_head_slices(model, accumulate):

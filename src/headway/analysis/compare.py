@@ -75,10 +75,8 @@ def compare(model_a, model_b, tokenizer=None, data=None, *, output_dir=None, k: 
     for model, name in zip((model_a, model_b), names):
         lm = _as_model(model, tokenizer, dtype, device)
         save_to = out / name if out else None
-        patterns.append(score(lm.model, lm.tokenizer, data, progress=progress, save_to=save_to,
-                              **score_options))
-        if patterns[-1].meta.get("model", {}).get("name") in (None, ""):
-            patterns[-1].meta["model"] = lm.describe()
+        patterns.append(score(lm, lm.tokenizer, data, progress=progress, save_to=save_to,
+                              **score_options))  # the LoadedModel: its identity is kept
         del lm
     a, b = patterns
     change = delta(b, a)

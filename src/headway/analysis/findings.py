@@ -116,7 +116,7 @@ def _run_summary(run_dir: Path) -> dict:
     """A tracked run's own-task probe: AP before and after, per-sample scores, dynamics."""
     from safetensors.torch import load_file
 
-    from ..training.records import run_trajectory
+    from ..training.records import read_metrics, run_trajectory
 
     run_dir = run_folder(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -127,7 +127,10 @@ def _run_summary(run_dir: Path) -> dict:
     first, last = (ActivationPattern.load(run_dir / "patterns" / f"step_{s:06d}" / probe)
                    for s in (steps[0], steps[-1]))
     change_file = run_dir / "param_change" / f"step_{steps[-1]:06d}.safetensors"
-    change = load_file(change_file) if change_file.is_file() else None  # not recorded
+    recorded = "param_change" in next(
+        (r for r in read_metrics(run_dir / "metrics.jsonl")
+         if r["kind"] == "probe" and r["step"] == steps[-1]), {})
+    change = load_file(change_file) if recorded and change_file.is_file() else None
     return {"name": task, "probe": probe, "run": str(run_dir), "manifest": manifest,
             "trajectory": trajectory, "before": first, "after": last,
             "delta": (last.scores - first.scores).numpy(), "param_change": change}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import HeadwayError
 from ..settings import TrajectoryArgs
 from ..training.config import TrainConfig
 
@@ -32,6 +33,9 @@ def probe_tasks(args: TrajectoryArgs) -> dict:
                                   seed=args.seed, split=args.split, config=args.config,
                                   prompt_field=args.prompt_field,
                                   response_field=args.response_field, name=name or None))
+        if task.name in probes:
+            raise HeadwayError(f"--probes: two probes are named {task.name!r}; their records "
+                               f"would overwrite each other", hint="give names: NAME=SOURCE")
         probes[task.name] = task
     return probes
 

@@ -168,7 +168,7 @@ class PatternCallback(TrainerCallback):
             self._load_first()
         if self.is_main and self.manifest is not False:
             self._write_manifest(args, state, model, status="running")
-        if self.track_weights:
+        if self.track_weights and self.is_main:  # only the main process writes the change
             self._start_weights(model, state.global_step == 0)
         if state.global_step == 0:
             self.record(model, 0, state)

@@ -179,6 +179,11 @@ def validate(c: TrainConfig, where: str = "config") -> None:
     if c.quantization is not None and c.mode != "lora":
         raise ConfigError(f"{where}: quantization needs mode lora (quantised weights do not "
                           f"train themselves); mode is {c.mode!r}")
+    if c.quantization is not None and c.tracking:
+        raise ConfigError(f"{where}: tracking a quantised base is not supported yet (its packed "
+                          f"weights give no per-head parameter change)",
+                          hint="--tracking false, or score the checkpoints afterwards with "
+                               "headway trajectory")
     check_not_sharded(where)
 
 

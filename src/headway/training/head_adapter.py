@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..adapters import HEAD_ADAPTER_CONFIG as ADAPTER_CONFIG
+from ..adapters import HEAD_ADAPTER_FILE as ADAPTER_FILE
+from ..adapters import merge_head_adapter  # noqa: F401  (loads a saved adapter)
 from ..architectures import _get, is_transposed_linear
-from ..models import HEAD_ADAPTER_CONFIG as ADAPTER_CONFIG  # noqa: F401
-from ..models import HEAD_ADAPTER_FILE as ADAPTER_FILE
-from ..models import merge_head_adapter  # noqa: F401  (loads a saved adapter)
 from .heads import HeadWeights
 
 
@@ -39,7 +39,8 @@ class HeadDelta(nn.Module):
             raise ValueError("head adapters support nn.Linear projections (not GPT-2's Conv1D)")
         self.base_layer = base
         self.along = along  # "rows" (output features) or "cols" (input features)
-        self.register_buffer("index", torch.tensor(index, dtype=torch.long), persistent=False)
+        # saved with the checkpoint, so that a checkpoint can be merged on load
+        self.register_buffer("index", torch.tensor(index, dtype=torch.long))
         weight = base.weight
         shape = (len(index), weight.shape[1]) if along == "rows" else (weight.shape[0], len(index))
         self.delta = nn.Parameter(torch.zeros(shape, dtype=weight.dtype, device=weight.device))

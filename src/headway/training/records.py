@@ -9,8 +9,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import HeadwayError
 from ..patterns import ActivationPattern
 from ..storage import atomic_write_bytes
+
+
+class RecordsError(HeadwayError, ValueError):
+    """A run's records cannot be read: names the file and line."""
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -28,7 +33,9 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             if number == len(lines):
                 break
-            raise ValueError(f"{path}:{number}: not a JSON record: {err}") from err
+            raise RecordsError(f"{path}:{number}: not a JSON record: {err}",
+                               hint="the file was edited or damaged; restore it, or delete the "
+                                    "run folder and train again") from err
     return records
 
 

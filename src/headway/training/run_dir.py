@@ -132,6 +132,10 @@ def plan_run(config) -> RunPlan:
     if others:
         raise ConfigError(f"{others[-1].path}: checkpoint of a run with other values of "
                           f"{', '.join(changed_fields(others[-1].settings, mine))}", hint=hint)
+    manifest = _read_json(run / "manifest.json") or {}
+    if (recorded is not None and not changed_fields(recorded, mine)
+            and manifest.get("status") == "finished"):
+        return RunPlan("finished", run)
     if complete:
         return RunPlan("resume", run, resume_from=complete[-1], incomplete=incomplete)
     if recorded is not None and changed_fields(recorded, mine):
@@ -140,9 +144,6 @@ def plan_run(config) -> RunPlan:
     if recorded is None:
         raise ConfigError(f"{run}: holds files of a run whose config.yaml is missing or "
                           f"unreadable, so it cannot be resumed safely", hint=hint)
-    manifest = _read_json(run / "manifest.json") or {}
-    if recorded is not None and manifest.get("status") == "finished":
-        return RunPlan("finished", run)
     return RunPlan("fresh", run, incomplete=incomplete)
 
 

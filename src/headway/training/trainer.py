@@ -67,6 +67,10 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
                                      c.overlong, task.source, prompt_field=task.prompt_field)
         settings = {"convention": "sample", "method": "gate", "batch_size": 8,
                     "template": c.template, "max_length": c.max_length, "overlong": c.overlong}
+        if any(p.name == task.name for p in probes):
+            raise ConfigError(f"probes: two probes are named {task.name!r} ({source} and an "
+                              f"earlier one); their records would overwrite each other",
+                              hint="copy or rename one file so that the names differ")
         probes.append(Probe(name=task.name, encoded=encoded, task=task_record(task),
                             settings=settings))
     return probes
@@ -122,7 +126,8 @@ def run_train(c: TrainConfig) -> dict:
                                      prompt_field=train_task.prompt_field)
     probes = build_probes(c, lm.tokenizer, train_task) if c.tracking else []
     # W_0: read from the model's own files where they hold it, else a copy in its dtype
-    initial = start_weights(lm.model, lm.path) if c.tracking else None
+    # (on the main process only: the others record no parameter change)
+    initial = start_weights(lm.model, lm.path) if c.tracking and state.is_main_process else None
 
     selection, heads = None, None
     if c.mode == "heads":
@@ -224,7 +229,8 @@ def save_final(trainer, lm, c: TrainConfig, folder: Path, is_main: bool) -> None
     if c.mode == "heads" and c.head_training == "adapter":
         if not c.save_merged:
             if is_main:
-                save_adapter(lm.model, folder, base=lm.path)
+                base = lm.name if lm.name.startswith("random:") else lm.path
+                save_adapter(lm.model, folder, base=base)
                 lm.tokenizer.save_pretrained(folder)
             return
         merge(lm.model)

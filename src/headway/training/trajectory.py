@@ -40,11 +40,13 @@ def checkpoint_steps(checkpoints) -> list[tuple[int, Path]]:
             raise HeadwayError(f"{path}: no such checkpoint folder")
         state = path / "trainer_state.json"
         match = _STEP.search(path.name)
-        if state.is_file():
-            step = json.loads(state.read_text()).get("global_step")
-        elif match:
+        try:
+            step = json.loads(state.read_text()).get("global_step") if state.is_file() else None
+        except ValueError:  # torn by a kill: the folder name still tells
+            step = None
+        if step is None and match:
             step = int(match.group(1))
-        else:
+        elif step is None:
             raise HeadwayError(f"{path}: cannot tell its step (no trainer_state.json and not "
                                f"named checkpoint-N)")
         out.append((int(step), path))

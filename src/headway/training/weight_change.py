@@ -91,7 +91,8 @@ def start_weights(model: nn.Module, folder: str | Path | None = None,
     is nowhere to be read)."""
     weights = HeadWeights(model)
     candidate = folder or getattr(unwrap_model(model).config, "_name_or_path", None)
-    if candidate and Path(candidate).is_dir():
+    if candidate and Path(candidate).is_dir() and not (
+            not now_is_start and _trained_checkpoint(Path(candidate))):
         start = StartWeights.from_folder(candidate, weights)
         if start is not None and (not now_is_start or _same(start, weights)):
             return start
@@ -166,7 +167,16 @@ def _checkpoint_names(weights: HeadWeights) -> dict[int, str]:
 
 
 def _same(start: StartWeights, weights: HeadWeights) -> bool:
-    """The files hold the weights the model has now (checked on layer 0's first tensor)."""
-    key = "0." + weights.roles()[0]
-    now = effective_weight(weights.module(0, weights.roles()[0])).detach().float().cpu()
-    return torch.equal(start[key].float(), now)
+    """The files hold exactly the weights the model has now (every tracked tensor)."""
+    with torch.no_grad():
+        return all(torch.equal(start[key].to(torch.float32),
+                               effective_weight(m).detach().float().cpu())
+                   for key, m in _tracked(weights).items())
+
+
+def _trained_checkpoint(folder: Path) -> bool:
+    """A Trainer checkpoint past step 0: not the start of the run that resumed from it."""
+    try:
+        return json.loads((folder / "trainer_state.json").read_text()).get("global_step", 0) > 0
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,113 @@
+"""Adapters loaded onto their base model, merged: PEFT adapters (a LoRA run's ``final/``),
+head adapters saved alone (``head_adapter.safetensors``) and Trainer checkpoints of
+head-adapter training (``*.base_layer.weight`` + ``*.delta`` + ``*.index``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ModelError
+
+HEAD_ADAPTER_FILE = "head_adapter.safetensors"
+HEAD_ADAPTER_CONFIG = "head_adapter.json"
+
+
+def merge_head_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Add a head adapter saved by ``headway train --mode heads --save_merged false`` to
+    ``model`` (its base), merged into the weights: the trained model."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / HEAD_ADAPTER_CONFIG).read_text())
+        tensors = load_file(str(folder / HEAD_ADAPTER_FILE))
+        _apply_deltas(model, config["modules"], tensors)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
+            SafetensorError) as err:
+        raise ModelError(f"{folder}: not a readable head adapter ({type(err).__name__}: "
+                         f"{err})", hint="train it again, or use its merged final/") from err
+    return model
+
+
+def _apply_deltas(model: nn.Module, modules: dict, tensors: dict) -> None:
+    with torch.no_grad():
+        for name, spec in modules.items():
+            weight = model.get_submodule(name).weight
+            delta = tensors[f"{name}.delta"].to(weight)
+            index = torch.tensor(spec["index"], dtype=torch.long)
+            if spec["along"] == "rows":
+                weight[index] += delta
+            else:
+                weight[:, index] += delta
+
+
+def _weight_keys(folder: Path) -> list[str]:
+    from safetensors import safe_open
+
+    keys = []
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            keys += list(f.keys())
+    return keys
+
+
+def has_head_deltas(folder: Path) -> bool:
+    """True for a Trainer checkpoint of head-adapter training (``*.delta`` weights)."""
+    return any(k.endswith(".delta") for k in _weight_keys(folder))
+
+
+def merge_head_checkpoint(model: nn.Module, folder: Path) -> nn.Module:
+    """Load a head-adapter training checkpoint into ``model`` (in place): each adapted
+    projection's weight = its saved base + its delta on the rows or columns of its index."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(file)))
+    with torch.no_grad():
+        for key in [k for k in tensors if k.endswith(".delta")]:
+            name = key[: -len(".delta")]
+            weight = model.get_submodule(name).weight
+            base, delta = tensors[f"{name}.base_layer.weight"], tensors[key]
+            index = tensors[f"{name}.index"].long()
+            merged = base.to(weight).clone()
+            if delta.shape[0] == index.numel() and delta.shape[1] == merged.shape[1]:
+                merged[index] += delta.to(weight)  # rows (q, k, v)
+            else:
+                merged[:, index] += delta.to(weight)  # columns (o)
+            weight.copy_(merged)
+    return model
+
+
+def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None = None,
+                 trust_remote_code: bool = False, device=None, tokenizer=None):
+    """A PEFT adapter folder (e.g. a LoRA run's ``final/``): its base model
+    (``base_model_name_or_path``) with the adapter merged into the weights."""
+    from peft import PeftModel
+
+    folder = folder.resolve()
+    try:
+        base_name = json.loads((folder / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{folder}/adapter_config.json: cannot read it: {err}") from err
+    if not base_name:
+        raise ModelError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+    from .models import folder_fingerprint, load_model
+
+    base = load_model(base_name, dtype, attn_implementation=attn_implementation,
+                      trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().eval()
+    # an adapter trained on top of this merged model must name this folder as its base
+    model.config._name_or_path = model.name_or_path = str(folder)
+    if device is not None:
+        model.to(device)
+    return dataclasses.replace(base, model=model, name=str(folder), path=str(folder),
+                               revision=f"{folder_fingerprint(folder)}+{base.revision}",
+                               info={**base.info, "base_model": base_name})
