@@ -249,10 +249,17 @@ class AnalyzeArgs(Settings):
     runs: list[str] = _f([], "run directories (headway train)", nargs="*")
     complex: str | None = _f(None, "the run (task name or directory) whose ΔAP is fitted on the "
                                    "other runs' ΔAP")
+    control: list[str] = _f([], "a run (task name or directory) of an unrelated basic task: it "
+                                "enters the --complex fit like a basic task and its α is "
+                                "reported apart; the composition is called specific only when "
+                                "every basic task's α interval lies above every control's |α| "
+                                "(repeatable)", action="append")
     model: str | None = _f(None, "also ablate each pattern's top-k heads on this model (held-out "
                                  "rows of the pattern's task)")
     k: int = _f(10, "top heads")
-    random_draws: int = _f(10, "random head sets")
+    random_draws: int = _f(20, "random head sets, each of k heads outside the top k (the "
+                               "interval is their 2.5-97.5th percentile from 20 draws, their "
+                               "range below)")
     bootstrap: int = _f(200, "bootstrap replicates")
     permutations: int = _f(500, "shuffled-null draws")
     seed: int = _f(0, "seed of the bootstrap, the shuffled null and the random head sets")
