@@ -260,7 +260,7 @@ class AnalyzeArgs(Settings):
     random_draws: int = _f(20, "random head sets, each of k heads outside the top k (the "
                                "interval is their 2.5-97.5th percentile from 20 draws, their "
                                "range below)")
-    bootstrap: int = _f(200, "bootstrap replicates")
+    bootstrap: int = _f(200, "bootstrap replicates (each resamples probe rows and heads)")
     permutations: int = _f(500, "shuffled-null draws")
     seed: int = _f(0, "seed of the bootstrap, the shuffled null and the random head sets")
     output_dir: str = _f("analysis", "output folder", aliases=["-o"])
@@ -325,6 +325,8 @@ class DemoArgs(Settings):
     model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
     rows: int = _f(64, "rows per task", aliases=["-n"])
     sft_steps: int = _f(24, "steps of each tracked fine-tune (0 skips them)")
+    seed: int = _f(0, "training seed of the fine-tunes (order of their rows) and seed of the "
+                      "analysis (bootstrap, null, random head sets); the rows stay the same")
     progress: bool = _f(True, H_PROGRESS)
 
 
