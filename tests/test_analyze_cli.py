@@ -53,8 +53,16 @@ def test_analyze_and_report(workspace, llama_dir, capsys):
         assert len(comp[key]["alpha"]) == 2 and len(comp[key]["alpha_ci"]) == 2
         assert 0 <= comp[key]["shuffled_null"]["p_value"] <= 1
     assert min(comp["nonnegative"]["alpha"]) >= 0
+    for key in ("least_squares", "nonnegative"):  # the baseline of the shared component
+        shared = comp[key]["shared_component"]
+        assert {"beta", "r2", "r2_gain", "r2_gain_ci", "beyond_shared"} <= set(shared)
+        assert shared["mean_of"] == ["arithmetic", "sorting"] and len(shared["r2_gain_ci"]) == 2
+        assert "controls" not in comp[key]
     faith = a["faithfulness"]["arithmetic"]
     assert set(faith) == {"zero", "mean"} and len(faith["zero"]["random_increase"]) == 3
+    zero = faith["zero"]
+    assert zero["random_interval"]["label"] == "range (min–max) of 3 random draws"
+    assert not any(set(d) & set(zero["top_heads"]) for d in zero["random_heads"])
     for figure in a["figures"]:
         assert (out / figure["path"]).is_file()
     capsys.readouterr()
@@ -65,6 +73,41 @@ def test_analyze_and_report(workspace, llama_dir, capsys):
     assert "src=\"figures/" not in page and "http" not in page  # self-contained
     r2 = comp["least_squares"]["r2"]
     assert re.search(rf"R² = {r2:.3f}", page), "the report shows the JSON's R²"
+    assert "Shared component" in page and "range (min–max) of 3 random draws" in page
+
+
+def test_analyze_with_a_control(workspace, capsys):
+    """--control: the control enters the fit as a basic task, its α and interval are reported
+    apart, with the verdict and its rule; the report shows them."""
+    root, runs, _ = workspace
+    out = root / "analysis-control"
+    assert main(["analyze", "--runs", *map(str, runs), "--complex", "chain_sum",
+                 "--control", "sorting", "--bootstrap", "20", "--permutations", "20",
+                 "-o", str(out)]) == 0
+    comp = json.loads((out / "analysis.json").read_text())["composition"]
+    assert comp["bases"] == ["arithmetic"] and comp["controls"] == ["sorting"]
+    for key in ("least_squares", "nonnegative"):
+        fit = comp[key]
+        assert len(fit["alpha"]) == 1 and len(fit["alpha_ci"]) == 1
+        control = fit["controls"]
+        assert control["names"] == ["sorting"] and len(control["alpha"]) == 1
+        assert len(control["alpha_ci"]) == 1 and isinstance(control["specific"], bool)
+        assert "control" in control["rule"]
+        assert fit["shared_component"]["mean_of"] == ["arithmetic", "sorting"]
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "sorting (control)" in page and "Controls: the composition is" in page
+
+
+def test_analyze_rejects_an_unknown_control(workspace, capsys):
+    root, runs, _ = workspace
+    assert main(["analyze", "--runs", *map(str, runs), "--complex", "chain_sum",
+                 "--control", "nope", "-o", str(root / "y")]) == 2
+    assert "--control 'nope'" in capsys.readouterr().err
+    assert main(["analyze", "--runs", *map(str, runs), "--control", "sorting",
+                 "-o", str(root / "y")]) == 2
+    assert "--control needs --complex" in capsys.readouterr().err
 
 
 def test_analyze_rejects_an_unknown_complex_run(workspace, capsys):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 
 from headway.cli import main
-from headway.demo import BASIC_TASKS, COMPLEX_TASK, DEMO_TASKS
+from headway.demo import (
+    BASIC_TASKS,
+    COMPLEX_TASK,
+    CONTROL_TASK,
+    DEMO_TASKS,
+    RANDOM_DRAWS,
+)
 
 
 def test_demo_writes_patterns_runs_analysis_and_report(tmp_path, capsys):
@@ -14,18 +20,25 @@ def test_demo_writes_patterns_runs_analysis_and_report(tmp_path, capsys):
     assert main(args) == 0
     a = json.loads((out / "analysis" / "analysis.json").read_text())
     assert set(a["patterns"]) == set(DEMO_TASKS)
-    assert set(a["runs"]) == {*BASIC_TASKS, COMPLEX_TASK}
+    assert set(a["runs"]) == {*BASIC_TASKS, COMPLEX_TASK, CONTROL_TASK}
     for name, r in a["runs"].items():
         assert r["dynamics"]["change"][-1] > 0, f"{name}: two real steps move the pattern"
         assert r["param_change"]["mean"] > 0
     assert a["composition"]["target"] == COMPLEX_TASK
+    assert a["composition"]["controls"] == [CONTROL_TASK]
+    fit = a["composition"]["least_squares"]
+    assert fit["controls"]["names"] == [CONTROL_TASK] and "r2_gain_ci" in fit["shared_component"]
     assert set(a["faithfulness"]) == set(DEMO_TASKS)
+    for modes in a["faithfulness"].values():
+        assert len(modes["zero"]["random_increase"]) == RANDOM_DRAWS >= 20
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(a["figures"]) > 5
     summary = (out / "summary.md").read_text()
     assert "| arithmetic |" in summary and "Composition" in summary
+    assert f"{CONTROL_TASK} (control)" in summary and "Shared component alone" in summary
+    assert f"percentile of {RANDOM_DRAWS} random draws" in summary
     capsys.readouterr()
 
     # a second run reuses every pattern and run instead of recomputing them
     assert main(args) == 0
-    assert capsys.readouterr().out.count("reusing") == len(DEMO_TASKS) + 3
+    assert capsys.readouterr().out.count("reusing") == len(DEMO_TASKS) + 4  # + the control

@@ -86,7 +86,8 @@ COMMANDS: dict[str, tuple[type, str, str | None]] = {
                 "heads gained and lost in the top-k."),
     "tasks": (TasksArgs, "list the built-in tasks", None),
     "demo": (DemoArgs, "the whole story on the built-in model: patterns of the built-in tasks, "
-                       "three short tracked fine-tunes, analysis and an HTML report", None),
+                       "four short tracked fine-tunes (one a control), analysis and an HTML "
+                       "report", None),
 }
 _BOOL_WORDS = {"yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"}
 

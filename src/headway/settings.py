@@ -249,11 +249,18 @@ class AnalyzeArgs(Settings):
     runs: list[str] = _f([], "run directories (headway train)", nargs="*")
     complex: str | None = _f(None, "the run (task name or directory) whose ΔAP is fitted on the "
                                    "other runs' ΔAP")
+    control: list[str] = _f([], "a run (task name or directory) of an unrelated basic task: it "
+                                "enters the --complex fit like a basic task and its α is "
+                                "reported apart; the composition is called specific only when "
+                                "every basic task's α interval lies above every control's |α| "
+                                "(repeatable)", action="append")
     model: str | None = _f(None, "also ablate each pattern's top-k heads on this model (held-out "
                                  "rows of the pattern's task)")
     k: int = _f(10, "top heads")
-    random_draws: int = _f(10, "random head sets")
-    bootstrap: int = _f(200, "bootstrap replicates")
+    random_draws: int = _f(20, "random head sets, each of k heads outside the top k (the "
+                               "interval is their 2.5-97.5th percentile from 20 draws, their "
+                               "range below)")
+    bootstrap: int = _f(200, "bootstrap replicates (each resamples probe rows and heads)")
     permutations: int = _f(500, "shuffled-null draws")
     seed: int = _f(0, "seed of the bootstrap, the shuffled null and the random head sets")
     output_dir: str = _f("analysis", "output folder", aliases=["-o"])
@@ -318,6 +325,8 @@ class DemoArgs(Settings):
     model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
     rows: int = _f(64, "rows per task", aliases=["-n"])
     sft_steps: int = _f(24, "steps of each tracked fine-tune (0 skips them)")
+    seed: int = _f(0, "training seed of the fine-tunes (order of their rows) and seed of the "
+                      "analysis (bootstrap, null, random head sets); the rows stay the same")
     progress: bool = _f(True, H_PROGRESS)
 
 

@@ -1,6 +1,8 @@
 """Faithfulness: does removing a pattern's top heads hurt the task more than removing random
 heads? A head is ablated at the input of its layer's output projection (its slice of
-``[B, T, H*d]``), set to zero or to its mean output over the probe data.
+``[B, T, H*d]``), set to zero or to its mean output over the probe data. Random head sets are
+drawn from the heads outside the top k, and the top-k increase gets a permutation p-value
+against them; their passes share the unablated prefix (:mod:`headway.analysis.head_sets`).
 
 :func:`run_ablations` runs several (pattern, mode) ablations under one progress bar and keeps
 each finished result in a file, so an interrupted run resumes where it stopped.
@@ -27,16 +29,21 @@ from ..batching import (  # noqa: F401  (mean_loss re-exported)
     mean_loss,
     response_token_losses,
 )
-from ..hooks import ablated, on_head_slices, split_heads
+from ..hooks import ablated, on_head_slices, split_heads  # noqa: F401  (ablated re-exported)
+from .head_sets import head_set_losses, top_and_random_sets
 
 MODES = ("zero", "mean")
 
 
-def forwardby_length(encoded: Sequence, n_random: int, mode: str, batch_size: int = 8) -> int:
-    """How many forward batches :func:`faithfulness` runs: the base, top-k and ``n_random``
-    random passes, plus the head-means pass in ``mean`` mode."""
+def forward_batches(encoded: Sequence, n_random: int, mode: str, batch_size: int = 8) -> int:
+    """The progress units :func:`faithfulness` counts: per row batch, the unablated pass, the
+    top-k and ``n_random`` random sets (each counts one, however passes share work), plus the
+    head-means pass in ``mean`` mode."""
     passes = 2 + n_random + (mode == "mean")
     return passes * len(by_length(encoded, batch_size))
+
+
+forwardby_length = forward_batches  # the old name
 
 
 @torch.no_grad()
@@ -65,52 +72,83 @@ def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int
     return (sums / count).float()
 
 
-def faithfulness(model: nn.Module, encoded: Sequence, pad_id: int, scores, k: int = 10,
-                 n_random: int = 10, mode: str = "zero", seed: int = 0,
-                 batch_size: int = 8, tick: Tick | None = None) -> dict:
-    """Loss increase when ablating the ``k`` top heads of ``scores`` [L, H] versus ``k``
-    random heads (``n_random`` draws, none of them all-top). ``tick(1)`` is called after
-    every forward batch (:func:`forward_batches` in all).
+PERCENTILE_MIN_DRAWS = 20  # fewer random draws: the interval is their range
+SIGNIFICANCE = 0.05
 
-    Returns base loss, top-k loss and increase, each random draw's increase, their mean and a
-    95 % percentile interval, and whether the top-k increase lies above that interval.
+
+def random_interval(values) -> dict:
+    """The interval reported for the random draws' loss increases: their 2.5th–97.5th
+    percentile with at least :data:`PERCENTILE_MIN_DRAWS` draws, else their range (min–max,
+    as a percentile interval of a handful of draws would pretend a precision it lacks).
+    ``{"low", "high", "kind": "percentile" | "range", "n", "label"}``."""
+    n = len(values)
+    if n >= PERCENTILE_MIN_DRAWS:
+        low, high = np.percentile(values, [2.5, 97.5])
+        kind, label = "percentile", f"2.5–97.5th percentile of {n} random draws"
+    else:
+        low, high = min(values), max(values)
+        kind, label = "range", f"range (min–max) of {n} random draws"
+    return {"low": float(low), "high": float(high), "kind": kind, "n": n, "label": label}
+
+
+def permutation_p(top_increase: float, random_increase) -> float:
+    """Share of random draws that hurt at least as much as the top-k, +1 corrected:
+    ``(1 + #{random ≥ top}) / (1 + n)``; never below 1 / (n + 1)."""
+    r = np.asarray(random_increase, dtype=np.float64)
+    return float((1 + (r >= top_increase).sum()) / (1 + r.size))
+
+
+def faithfulness(model: nn.Module, encoded: Sequence, pad_id: int, scores, k: int = 10,
+                 n_random: int = 20, mode: str = "zero", seed: int = 0,
+                 batch_size: int = 8, tick: Tick | None = None, sets_per_pass: int = 4,
+                 reuse: bool = True) -> dict:
+    """Loss increase when ablating the ``k`` top heads of ``scores`` [L, H] versus ``k``
+    random heads (``n_random`` draws, each from the heads outside the top k). ``tick(n)`` is
+    called as work finishes (:func:`forward_batches` units in all); ``reuse`` and
+    ``sets_per_pass``: see :func:`headway.analysis.head_sets.head_set_losses` (the same
+    losses either way, up to float rounding).
+
+    Returns base loss, top-k loss and increase, each random draw's heads and increase, their
+    mean, the interval of :func:`random_interval` (``random_interval``; ``random_increase_ci95``
+    is their 2.5–97.5th percentile whatever their number), the permutation ``p_value``
+    (:func:`permutation_p`) and ``top_beats_random``: p ≤ 0.05, which needs at least 19 draws.
     """
     if mode not in MODES:
         raise ValueError(f"ablation mode {mode!r} is not one of {MODES}")
-    n_layers, n_heads, _ = head_geometry(model)
-    scores = np.asarray(scores, dtype=np.float64)
-    flat = np.argsort(-scores.ravel(), kind="stable")
-    top = [(int(i) // n_heads, int(i) % n_heads) for i in flat[:k]]
-    rng = np.random.default_rng(seed)
-    draws = [[(int(i) // n_heads, int(i) % n_heads)
-              for i in rng.choice(n_layers * n_heads, size=k, replace=False)]
-             for _ in range(n_random)]
+    if n_random < 1:
+        raise ValueError("faithfulness needs at least one random head set (n_random >= 1)")
+    top, draws = top_and_random_sets(scores, k, n_random, seed)
     was_training = model.training
     model.eval()
     try:
         means = head_means(model, encoded, pad_id, batch_size, tick) if mode == "mean" else None
-        base = mean_loss(model, encoded, pad_id, batch_size, tick)
-
-        def loss_without(heads):
-            with ablated(model, heads, n_heads, means):
-                return mean_loss(model, encoded, pad_id, batch_size, tick)
-
-        top_loss = loss_without(top)
-        random_increase = [loss_without(heads) - base for heads in draws]
+        base_rows, set_rows = head_set_losses(model, encoded, pad_id, [top, *draws], means,
+                                              batch_size, sets_per_pass, reuse, tick)
     finally:
         model.train(was_training)
+    base = float(base_rows.mean())
+    top_loss, *random_loss = (float(x) for x in set_rows.mean(1))
+    random_increase = [x - base for x in random_loss]
     low, high = np.percentile(random_increase, [2.5, 97.5])
-    return {"k": k, "mode": mode, "base_loss": base, "top_heads": [f"{l}.{h}" for l, h in top],
+    p = permutation_p(top_loss - base, random_increase)
+
+    def names(heads):
+        return [f"{layer}.{head}" for layer, head in heads]
+
+    return {"k": k, "mode": mode, "base_loss": base, "top_heads": names(top),
             "top_loss": top_loss, "top_increase": top_loss - base,
-            "random_increase": random_increase,
+            "random_heads": [names(d) for d in draws], "random_increase": random_increase,
             "random_increase_mean": float(np.mean(random_increase)),
+            "random_interval": random_interval(random_increase),
             "random_increase_ci95": [float(low), float(high)],
-            "top_beats_random": bool(top_loss - base > high)}
+            "random_excludes_top": True, "p_value": p,
+            "top_beats_random": bool(p <= SIGNIFICANCE)}
 
 
 # ---------------------------------------------------------------- several ablations, resumable
 
-FORMAT = 1  # bump when faithfulness() computes something else: older kept results then miss
+FORMAT = 2  # bump when faithfulness() computes something else: older kept results then miss
+# 2: random sets exclude the top-k heads; p-value and labelled interval
 
 
 def settings_key(settings: dict) -> str:
@@ -173,12 +211,13 @@ def run_ablations(model: nn.Module, pad_id: int, jobs: Sequence[AblationJob], k:
     from ..storage import atomic_write_json
 
     settings = [{**job.identity, "mode": job.mode, "k": k, "n_random": n_random, "seed": seed,
-                 "batch_size": batch_size, "format": FORMAT} for job in jobs]
+                 "random_sets": "exclude top-k", "batch_size": batch_size, "format": FORMAT}
+                for job in jobs]
     keys = [settings_key(s) for s in settings]
     files = [kept_result_file(folder, job.name, job.mode, key) for job, key in zip(jobs, keys)]
     results = [_read_kept(f, key) for f, key in zip(files, keys)]
     pending = [i for i, r in enumerate(results) if r is None]
-    total = sum(forwardby_length(jobs[i].encoded, n_random, jobs[i].mode, batch_size)
+    total = sum(forward_batches(jobs[i].encoded, n_random, jobs[i].mode, batch_size)
                 for i in pending)
     with tqdm(total=total, desc="ablation", unit="batch", dynamic_ncols=True,
               disable=not progress or not pending) as bar:

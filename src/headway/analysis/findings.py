@@ -9,10 +9,12 @@ turns them into one self-contained HTML file.
   the trajectory, and how concentrated the per-head parameter change is (and its rank
   correlation with |ΔAP|);
 - composition (``--complex RUN``): ΔAP of that run's task fitted on the other runs' ΔAP
-  (least squares and non-negative), bootstrap intervals over probe samples, leave-one-out,
-  and a shuffled-heads null;
+  (least squares and non-negative), bootstrap intervals over probe samples and heads,
+  leave-one-out, a shuffled-heads null, the gain over the shared-component baseline and the
+  α of unrelated ``--control`` runs (:mod:`headway.analysis.composition`);
 - faithfulness (``--model``): loss increase when ablating each pattern's top-k heads vs k random
-  heads, on rows held out from those the pattern was computed on.
+  heads drawn from the other heads (a permutation p-value), on rows held out from those the
+  pattern was computed on.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ..errors import HeadwayError
 from ..patterns import ActivationPattern, pattern_paths
 from ..storage import atomic_write_json
 from . import stats as A
+from .composition import composition_section
 
 # scoring's resume files beside a pattern (one process, or one per rank)
 _PARTIAL = re.compile(r"\.partial(-\d+-of-\d+)?\.safetensors$")
@@ -151,10 +154,15 @@ def _run_summaries(runs: list[str]) -> list[dict]:
 
 def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
             complex_run: str | None = None, model: str | None = None, k: int = 10,
-            n_random: int = 10, n_boot: int = 200, n_perm: int = 500, seed: int = 0,
+            n_random: int = 20, n_boot: int = 200, n_perm: int = 500, seed: int = 0,
             ablation_modes: tuple[str, ...] = ("zero", "mean"),
-            ablation_rows: int | None = None, progress: bool = True) -> dict:
+            ablation_rows: int | None = None, progress: bool = True,
+            controls: list[str] = ()) -> dict:
     """Compute everything the inputs allow; write ``out/analysis.json`` and figures.
+
+    ``controls``: runs (task names or folders, among ``runs``) of unrelated basic tasks that
+    enter the composition fit of ``complex_run`` and are reported apart
+    (:mod:`headway.analysis.composition`).
 
     ``patterns``: pattern files or stems; each pattern counts once however it is given, and
     files that are no pattern are ignored (:func:`pattern_inputs`). Ablation runs on rows held
@@ -173,9 +181,12 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
     _patterns_section(result, out, loaded, k)
     summaries = _run_summaries(runs)
     _runs_section(result, out, summaries, k)
+    if controls and not complex_run:
+        raise AnalysisError("--control needs --complex: a control enters the composition fit",
+                            hint="name the complex run with --complex")
     if complex_run:
-        _composition_section(result, out, summaries, complex_run, n_boot, n_perm, seed,
-                             progress)
+        composition_section(result, out, summaries, complex_run, list(controls), n_boot,
+                            n_perm, seed, progress, _figure)
     if model and loaded:
         result["faithfulness"] = _faithfulness(model, loaded, k, n_random, seed,
                                                ablation_modes, ablation_rows,
@@ -248,33 +259,6 @@ def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> Non
                           title=s["name"])
 
 
-def _composition_section(result: dict, out: Path, summaries: list[dict], complex_run: str,
-                         n_boot: int, n_perm: int, seed: int, progress: bool) -> None:
-    """The complex run's ΔAP fitted on the other runs' ΔAP, with its figures."""
-    from ..report.figures import bar_with_intervals, scatter_fit
-
-    target = next((s for s in summaries if complex_run in (s["name"], s["run"],
-                                                          str(Path(s["run"]).name))), None)
-    if target is None:
-        raise AnalysisError(f"--complex {complex_run!r} is none of the runs "
-                            f"({', '.join(s['name'] for s in summaries)})")
-    bases = [s for s in summaries if s is not target]
-    if not bases:
-        raise AnalysisError("composition needs at least one basic run besides --complex")
-    c = result["composition"] = _composition(target, bases, n_boot, n_perm, seed, progress)
-    bar_with_intervals([b["name"] for b in bases], c["least_squares"]["alpha"],
-                       c["least_squares"]["alpha_ci"],
-                       _figure(result, out, "composition_alpha.png",
-                               f"α of ΔAP({target['name']}) ≈ Σ α_j ΔAP(basic_j), "
-                               f"95 % bootstrap intervals"),
-                       ylabel="α", title=f"R² = {c['least_squares']['r2']:.3f}")
-    X = np.stack([b["delta"].ravel() for b in bases], 1)
-    scatter_fit(X @ np.array(c["least_squares"]["alpha"]), target["delta"].ravel(),
-                _figure(result, out, "composition_fit.png",
-                        "Each head: fitted vs measured ΔAP of the complex task"),
-                xlabel="Σ α_j ΔAP_j", ylabel=f"ΔAP {target['name']}")
-
-
 def _faithfulness_figure(result: dict, out: Path, k: int, n_random: int) -> None:
     """Bars of the top-k loss increase against the random-k reference, per pattern and mode."""
     from ..report.figures import bar_with_intervals
@@ -283,46 +267,22 @@ def _faithfulness_figure(result: dict, out: Path, k: int, n_random: int) -> None
     if not f:
         return
     names = [f"{n} ({m})" for n in f for m in f[n]]
+    label = next(iter(next(iter(f.values())).values()))["random_interval"]["label"]
     bar_with_intervals(
         names, [f[n][m]["top_increase"] for n in f for m in f[n]],
         [[f[n][m]["top_increase"]] * 2 for n in f for m in f[n]],
         _figure(result, out, "faithfulness.png", f"Loss increase when ablating the top-{k} "
-                f"heads (bars) vs {n_random} draws of {k} random heads (grey: mean and "
-                f"95 % interval)"),
+                f"heads (bars) vs {n_random} draws of {k} random heads outside the top {k} "
+                f"(grey: mean and {label})"),
         ylabel="Δ loss (nats)", title="ablation", label=f"top-{k} heads",
-        reference=[(f[n][m]["random_increase_mean"], *f[n][m]["random_increase_ci95"])
-                   for n in f for m in f[n]])
+        reference=[(f[n][m]["random_increase_mean"], f[n][m]["random_interval"]["low"],
+                    f[n][m]["random_interval"]["high"]) for n in f for m in f[n]])
 
 
 def _top_abs(delta: np.ndarray, k: int) -> list[str]:
     n_heads = delta.shape[1]
     return [f"{int(i) // n_heads}.{int(i) % n_heads}"
             for i in np.argsort(-np.abs(delta).ravel(), kind="stable")[:k]]
-
-
-def _composition(target: dict, bases: list[dict], n_boot: int, n_perm: int, seed: int,
-                 progress: bool) -> dict:
-    """Least-squares and non-negative fits of the target's ΔAP [L, H] on the bases' ΔAP, with
-    bootstrap intervals (when every run kept per-sample scores), leave-one-out and null."""
-    def pair(s):
-        before, after = s["before"].per_sample, s["after"].per_sample
-        if before is None or after is None:
-            return None
-        return before.abs().numpy(), after.abs().numpy()
-
-    names = [b["name"] for b in bases]
-    X = [b["delta"] for b in bases]
-    out = {"target": target["name"], "bases": names}
-    pairs = [pair(s) for s in (target, *bases)]
-    for key, nonneg in (("least_squares", False), ("nonnegative", True)):
-        fit = A.composition_fit(target["delta"], X, nonnegative=nonneg)
-        if all(p is not None for p in pairs):
-            fit.update(A.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg,
-                                               progress=progress))
-        fit["leave_one_out"] = A.leave_one_out(target["delta"], X, names, nonneg)
-        fit["shuffled_null"] = A.shuffled_null(target["delta"], X, n_perm, seed, nonneg)
-        out[key] = fit
-    return out
 
 
 # ---------------------------------------------------------------- faithfulness
@@ -353,10 +313,15 @@ def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int,
                   progress: bool) -> dict:
     """``{name: {mode: faithfulness result}}`` (or ``{name: {"skipped": why}}``) of every
     pattern that records its task; results kept in ``keep_in`` are reused."""
+    from ..architectures import head_geometry
     from ..models import load_model
     from .ablation import AblationJob, encoded_digest, run_ablations, scores_digest
 
     lm = load_model(model)
+    n_layers, n_heads, _ = head_geometry(lm.model)
+    if n_layers * n_heads < 2 * k:
+        raise AnalysisError(f"ablation draws {k} random heads from the {n_layers * n_heads - k} "
+                            f"heads outside the top {k}: too few", hint="use a smaller --k")
     device = next(lm.model.parameters()).device.type  # cpu and cuda sum in other orders
     out, jobs = {}, []
     for name, (_, p) in loaded.items():

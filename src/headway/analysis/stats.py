@@ -160,16 +160,41 @@ def composition_fit(target, bases, nonnegative: bool = False) -> dict:
             "n": n}
 
 
+def shared_component(target, bases, nonnegative: bool = False) -> dict:
+    """The one-parameter baseline ΔAP_target ≈ β · mean_j ΔAP_j, and what the full fit gains.
+
+    When every task's ΔAP shares one component (e.g. every head shrinking as the loss falls),
+    the mean of the bases carries it, and a high R² of the full fit may come from it alone.
+    Returns ``beta``, the baseline's ``r2`` and ``adj_r2`` (same conventions as
+    :func:`composition_fit`; ``nonnegative``: β ≥ 0), and ``r2_gain`` = adjusted R² of the full
+    fit − adjusted R² of the baseline: the fit's gain beyond the shared component, corrected
+    for its J − 1 extra coefficients (so bases of pure noise gain 0 on average; the raw
+    difference of R², never negative for nested fits, is ``r2_gain_raw``).
+    """
+    full = composition_fit(target, bases, nonnegative)
+    base = composition_fit(target, [np.mean([np.asarray(b, dtype=np.float64) for b in bases],
+                                            axis=0)], nonnegative)
+    return {"beta": base["alpha"][0], "r2": base["r2"], "adj_r2": base["adj_r2"],
+            "r2_gain": full["adj_r2"] - base["adj_r2"], "r2_gain_raw": full["r2"] - base["r2"]}
+
+
 def bootstrap_composition(target: tuple, bases: list[tuple], n_boot: int = 200,
                           seed: int = 0, nonnegative: bool = False, level: float = 0.95,
-                          progress: bool = False) -> dict:
-    """Confidence intervals for α and R² by resampling probe samples.
+                          progress: bool = False, resample_heads: bool = True) -> dict:
+    """Confidence intervals for α and R², and for the shared-component baseline, by resampling
+    probe samples.
 
     Each task is ``(before [N, L, H], after [N, L, H])``: per-sample |scores| on the same N
     probe rows before and after SFT. Each replicate draws N rows with replacement per task
-    (the same rows for its before and after), recomputes ΔAP = mean(after) − mean(before) and
-    refits. Returns percentile intervals ``alpha_ci`` [J, 2] and ``r2_ci`` [2]. ``progress``:
-    a bar on stderr once it has run a second.
+    (the same rows for its before and after), recomputes ΔAP = mean(after) − mean(before),
+    refits, and fits the baseline of :func:`shared_component`. With ``resample_heads`` (the
+    default) each replicate also draws the L·H heads the fits run over with replacement (the
+    same heads for every task): a pattern of the target that has nothing to do with a basic
+    task still correlates with it by chance over a finite set of heads, and resampling probe
+    rows alone cannot show that (heads are treated as exchangeable, which they are only
+    roughly). Returns percentile intervals ``alpha_ci`` [J, 2], ``r2_ci`` [2] and
+    ``shared_component``: ``beta_ci``, ``r2_ci``, ``r2_gain_ci`` (each [2]). ``progress``: a
+    bar on stderr once it has run a second.
     """
     from tqdm.auto import tqdm
 
@@ -181,17 +206,46 @@ def bootstrap_composition(target: tuple, bases: list[tuple], n_boot: int = 200,
         rows = rng.integers(0, len(before), len(before))
         return after[rows].mean(0) - before[rows].mean(0)
 
-    alphas, r2s = [], []
+    n_heads = tasks[0][0][0].size
+    alphas, r2s, shared = [], [], []
     for _ in tqdm(range(n_boot), desc="bootstrap", unit="fit", delay=1.0,
                   disable=not progress, dynamic_ncols=True):
-        deltas = [resampled_delta(*t) for t in tasks]
+        deltas = [resampled_delta(*t).ravel() for t in tasks]
+        if resample_heads:
+            heads = rng.integers(0, n_heads, n_heads)
+            deltas = [d[heads] for d in deltas]
         fit = composition_fit(deltas[0], deltas[1:], nonnegative)
         alphas.append(fit["alpha"])
         r2s.append(fit["r2"])
+        s = shared_component(deltas[0], deltas[1:], nonnegative)
+        shared.append([s["beta"], s["r2"], s["r2_gain"]])
     tail = (1 - level) / 2 * 100
-    return {"alpha_ci": np.percentile(alphas, [tail, 100 - tail], axis=0).T.tolist(),
-            "r2_ci": np.percentile(r2s, [tail, 100 - tail]).tolist(), "n_boot": n_boot,
-            "level": level}
+
+    def interval(values, axis=None):
+        return np.percentile(values, [tail, 100 - tail], axis=axis)
+
+    beta_ci, r2_base_ci, gain_ci = interval(shared, axis=0).T.tolist()
+    return {"alpha_ci": interval(alphas, axis=0).T.tolist(), "r2_ci": interval(r2s).tolist(),
+            "shared_component": {"beta_ci": beta_ci, "r2_ci": r2_base_ci,
+                                 "r2_gain_ci": gain_ci},
+            "n_boot": n_boot, "level": level, "resampled": "probe rows and heads"
+            if resample_heads else "probe rows"}
+
+
+SPECIFIC_RULE = ("specific when every basic task's α interval lies above every control's "
+                 "|α|: min over basic tasks of the lower bound > max over controls of "
+                 "max(|lower|, |upper|)")
+
+
+def control_verdict(alpha_ci: list, control_ci: list) -> bool | None:
+    """Whether a composition is specific to its basic tasks (:data:`SPECIFIC_RULE`): each of
+    ``alpha_ci`` (the basic tasks' [J, 2] intervals) lies above the magnitude of every interval
+    in ``control_ci`` (the controls'). None without intervals or without controls."""
+    if not alpha_ci or not control_ci:
+        return None
+    lowest_real = min(lo for lo, _ in alpha_ci)
+    largest_control = max(max(abs(lo), abs(hi)) for lo, hi in control_ci)
+    return bool(lowest_real > largest_control)
 
 
 def leave_one_out(target, bases, names: list[str], nonnegative: bool = False) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..settings import AnalyzeArgs, CompareArgs, ReportArgs
+from ..settings import AnalyzeArgs, CompareArgs, ReportArgs, SettingsError
 from .common import load_task
 
 
@@ -13,11 +13,14 @@ def analyze(args: AnalyzeArgs) -> int:
     from ..analysis.findings import analyze as analyze_findings
     from ..storage import check_writable
 
+    if args.random_draws < 1:
+        raise SettingsError(f"--random-draws is {args.random_draws}: at least 1 random head set")
     check_writable(args.output_dir)
     result = analyze_findings(Path(args.output_dir), patterns=args.patterns, runs=args.runs,
                               complex_run=args.complex, model=args.model, k=args.k,
                               n_random=args.random_draws, n_boot=args.bootstrap,
-                              n_perm=args.permutations, seed=args.seed, progress=args.progress)
+                              n_perm=args.permutations, seed=args.seed, progress=args.progress,
+                              controls=args.control)
     print(f"wrote {args.output_dir}/analysis.json and {len(result['figures'])} figures; "
           f"`headway report {args.output_dir}` makes the HTML report")
     return 0

@@ -14,5 +14,5 @@ def demo(args: DemoArgs) -> int:
 
     check_writable(args.output_dir)
     run_demo(Path(args.output_dir), model=args.model, n=args.rows, progress=args.progress,
-             sft_steps=args.sft_steps)
+             sft_steps=args.sft_steps, seed=args.seed)
     return 0

@@ -198,43 +198,84 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
                    "relative change of the q/k/v/o slices.</p>")
         out.append(_figures(folder, figs, "run_"))
     if a.get("composition"):
-        c = a["composition"]
-        out.append(f"<h2>2. {html.escape(c['target'])} as a combination of "
-                   f"{html.escape(', '.join(c['bases']))}</h2>")
-        for key, label in (("least_squares", "least squares"), ("nonnegative", "α ≥ 0")):
-            fit = c[key]
-            ci = fit.get("alpha_ci") or [["–", "–"]] * len(fit["alpha"])
-            rows = [[b, al, f"[{_num(lo)}, {_num(hi)}]"] for b, al, (lo, hi)
-                    in zip(c["bases"], fit["alpha"], ci)]
-            null = fit["shuffled_null"]
-            r2ci = fit.get("r2_ci")
-            out.append(f"<h3>{label}</h3>" + _table(["basic task", "α", "95 % interval"], rows))
-            out.append(f"<p>R² = {_num(fit['r2'])}" + (f" (95 % interval [{_num(r2ci[0])}, "
-                                                        f"{_num(r2ci[1])}])" if r2ci else "") +
-                       f", adjusted R² = {_num(fit['adj_r2'])}" +
-                       (f", uncentered R² {_num(fit['r2_uncentered'])}"
-                        if "r2_uncentered" in fit else "") + f", over {fit['n']} heads. "
-                       f"Shuffled-heads null: mean R² {_num(null['null_mean'])}, 95th "
-                       f"percentile {_num(null['null_p95'])}, p = {_num(null['p_value'])}.</p>")
-            if fit["leave_one_out"]:
-                out.append(_table(["left out", "R² without it"],
-                                  [[n, f["r2"]] for n, f in fit["leave_one_out"].items()]))
+        out += _composition_html(a["composition"])
         out.append(_figures(folder, figs, "composition"))
     if a.get("faithfulness"):
-        out.append("<h2>3. Faithfulness: ablating the top heads</h2>")
-        rows = []
-        for name, modes in a["faithfulness"].items():
-            if "skipped" in modes:
-                rows.append([name, "–", "–", "–", "–", modes["skipped"]])
-                continue
-            for mode, f in modes.items():
-                lo, hi = f["random_increase_ci95"]
-                rows.append([f"{name} ({mode})", f["base_loss"], f["top_increase"],
-                             f["random_increase_mean"], f"[{_num(lo)}, {_num(hi)}]",
-                             "yes" if f["top_beats_random"] else "no"])
-        out.append(_table(["pattern (ablation)", "loss", "Δloss top-k", "Δloss random k "
-                           "(mean)", "random 95 %", "top above random"], rows))
+        out += _faithfulness_html(a["faithfulness"])
         out.append(_figures(folder, figs, "faithfulness"))
     out.append("</body></html>")
     target = Path(path) if path else folder / "report.html"
     return atomic_write_bytes(target, "\n".join(out).encode())
+
+
+def _interval(ci) -> str:
+    return f"[{_num(ci[0])}, {_num(ci[1])}]" if ci else "–"
+
+
+def _composition_html(c: dict) -> list[str]:
+    """Finding 2: each fit's α (controls apart), R², null, shared component and verdicts."""
+    controls = c.get("controls") or []
+    out = [f"<h2>2. {html.escape(c['target'])} as a combination of "
+           f"{html.escape(', '.join(c['bases']))}"
+           + (f" (controls: {html.escape(', '.join(controls))})" if controls else "") + "</h2>"]
+    for key, label in (("least_squares", "least squares"), ("nonnegative", "α ≥ 0")):
+        fit = c[key]
+        ci = fit.get("alpha_ci") or [None] * len(fit["alpha"])
+        rows = [[b, al, _interval(i)] for b, al, i in zip(c["bases"], fit["alpha"], ci)]
+        ctl = fit.get("controls")
+        if ctl:
+            rows += [[f"{n} (control)", al, _interval(i)] for n, al, i in zip(
+                ctl["names"], ctl["alpha"], ctl["alpha_ci"] or [None] * len(ctl["alpha"]))]
+        null = fit["shuffled_null"]
+        r2ci = fit.get("r2_ci")
+        out.append(f"<h3>{label}</h3>" + _table(["basic task", "α", "95 % interval"], rows))
+        out.append(f"<p>R² = {_num(fit['r2'])}" + (f" (95 % interval [{_num(r2ci[0])}, "
+                                                    f"{_num(r2ci[1])}])" if r2ci else "") +
+                   f", adjusted R² = {_num(fit['adj_r2'])}" +
+                   (f", uncentered R² {_num(fit['r2_uncentered'])}"
+                    if "r2_uncentered" in fit else "") + f", over {fit['n']} heads. "
+                   f"Shuffled-heads null: mean R² {_num(null['null_mean'])}, 95th "
+                   f"percentile {_num(null['null_p95'])}, p = {_num(null['p_value'])}.</p>")
+        sc = fit.get("shared_component")
+        if sc:
+            verdict = {True: "the basic tasks explain more than the shared component",
+                       False: "the interval includes 0: the fit shows no more than the change "
+                              "every task shares",
+                       None: "no interval (no per-sample scores)"}[sc.get("beyond_shared")]
+            out.append(f"<p>Shared component: ΔAP ≈ β · mean ΔAP of the fitted runs, β = "
+                       f"{_num(sc['beta'])}, R² = {_num(sc['r2'])}. Gain of the full fit "
+                       f"(adjusted R²): {_num(sc['r2_gain'])} (95 % interval "
+                       f"{_interval(sc.get('r2_gain_ci'))}): {verdict}.</p>")
+        if ctl:
+            word = {True: "specific", False: "not specific",
+                    None: "not decided (no intervals)"}[ctl["specific"]]
+            out.append(f"<p>Controls: the composition is <b>{word}</b> ({html.escape(ctl['rule'])}"
+                       f").</p>")
+        if fit["leave_one_out"]:
+            out.append(_table(["left out", "R² without it"],
+                              [[n, f["r2"]] for n, f in fit["leave_one_out"].items()]))
+    return out
+
+
+def _faithfulness_html(faithfulness: dict) -> list[str]:
+    """Finding 1's ablation: top-k against random-k heads, with the interval's label."""
+    rows, labels = [], set()
+    for name, modes in faithfulness.items():
+        if "skipped" in modes:
+            rows.append([name, "–", "–", "–", "–", "–", modes["skipped"]])
+            continue
+        for mode, f in modes.items():
+            interval = f.get("random_interval") or {"low": f["random_increase_ci95"][0],
+                                                    "high": f["random_increase_ci95"][1],
+                                                    "label": "95 % percentile interval"}
+            labels.add(interval["label"])
+            rows.append([f"{name} ({mode})", f["base_loss"], f["top_increase"],
+                         f["random_increase_mean"], _interval([interval["low"],
+                                                               interval["high"]]),
+                         f.get("p_value"), "yes" if f["top_beats_random"] else "no"])
+    return ["<h2>3. Faithfulness: ablating the top heads</h2>",
+            _table(["pattern (ablation)", "loss", "Δloss top-k", "Δloss random k (mean)",
+                    "random interval", "p (permutation)", "top above random (p ≤ 0.05)"], rows),
+            f"<p class='note'>Random sets are drawn from the heads outside the top k. Interval: "
+            f"{html.escape('; '.join(sorted(labels)))}. p = (1 + #draws hurting at least as "
+            f"much as the top-k) / (1 + #draws).</p>"]

@@ -1,0 +1,131 @@
+"""The composition finding of ``headway analyze``: a complex run's ΔAP fitted on basic runs'
+ΔAP, against the two things that can fake it.
+
+- The shared component: most of a short fine-tune's ΔAP can be a change every task shares
+  (every head scoring less as the loss falls). Each fit also reports the one-parameter
+  baseline ΔAP_complex ≈ β · mean_j ΔAP_j (the mean over every fitted run, controls
+  included) and the adjusted R² the full fit gains over it, with a bootstrap interval
+  (``shared_component``). A gain whose interval includes 0 means the fit says no more than
+  "the complex task shares the common change".
+- Controls (``controls``): unrelated basic runs enter the fit like the real ones; their α and
+  intervals are reported apart, and the composition is called ``specific`` only when every
+  real basic task's α interval lies above every control's |α| (:data:`stats.SPECIFIC_RULE`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HeadwayError
+from . import stats as A
+
+
+class CompositionError(HeadwayError, ValueError):
+    """A --complex or --control run that is not among the runs, or too few basic runs."""
+
+
+def find_run(summaries: list[dict], given: str) -> dict | None:
+    """The run summary ``given`` names: its task name, its folder, or the folder's name."""
+    return next((s for s in summaries if given in (s["name"], s["run"], Path(s["run"]).name)),
+                None)
+
+
+def split_runs(summaries: list[dict], complex_run: str, controls: list[str]
+               ) -> tuple[dict, list[dict], list[dict]]:
+    """``(target, basic runs, control runs)``; a clear error for a name that is no run."""
+    names = ", ".join(s["name"] for s in summaries)
+    target = find_run(summaries, complex_run)
+    if target is None:
+        raise CompositionError(f"--complex {complex_run!r} is none of the runs ({names})")
+    control_runs = []
+    for given in controls:
+        run = find_run(summaries, given)
+        if run is None:
+            raise CompositionError(f"--control {given!r} is none of the runs ({names})")
+        if run is target:
+            raise CompositionError(f"--control {given!r} is the --complex run")
+        if all(run is not c for c in control_runs):
+            control_runs.append(run)
+    bases = [s for s in summaries if s is not target and all(s is not c for c in control_runs)]
+    if not bases:
+        raise CompositionError("composition needs at least one basic run besides --complex "
+                               "and the --control runs")
+    return target, bases, control_runs
+
+
+def composition_section(result: dict, out: Path, summaries: list[dict], complex_run: str,
+                        controls: list[str], n_boot: int, n_perm: int, seed: int,
+                        progress: bool, figure) -> None:
+    """``result["composition"]`` and its figures; ``figure(result, out, name, caption)`` gives
+    a figure's path and records it."""
+    from ..report.figures import bar_with_intervals, scatter_fit
+
+    target, bases, control_runs = split_runs(summaries, complex_run, controls)
+    c = result["composition"] = composition(target, bases, control_runs, n_boot, n_perm, seed,
+                                            progress)
+    fit = c["least_squares"]
+    names = c["bases"] + [f"{n} (control)" for n in c["controls"]]
+    alpha = fit["alpha"] + (fit["controls"]["alpha"] if control_runs else [])
+    ci = fit.get("alpha_ci") and fit["alpha_ci"] + (fit["controls"]["alpha_ci"]
+                                                    if control_runs else [])
+    gain = fit["shared_component"]["r2_gain"]
+    bar_with_intervals(names, alpha, ci or [[a, a] for a in alpha],
+                       figure(result, out, "composition_alpha.png",
+                              f"α of ΔAP({target['name']}) ≈ Σ α_j ΔAP(basic_j)"
+                              + (", controls included" if control_runs else "")
+                              + (", 95 % bootstrap intervals" if ci else "")),
+                       ylabel="α", title=f"R² = {fit['r2']:.3f}; gain over the shared "
+                                         f"component {gain:+.3f}")
+    fitted = bases + control_runs
+    X = np.stack([b["delta"].ravel() for b in fitted], 1)
+    scatter_fit(X @ np.array(alpha), target["delta"].ravel(),
+                figure(result, out, "composition_fit.png",
+                       "Each head: fitted vs measured ΔAP of the complex task"),
+                xlabel="Σ α_j ΔAP_j", ylabel=f"ΔAP {target['name']}")
+
+
+def _per_sample(s: dict):
+    before, after = s["before"].per_sample, s["after"].per_sample
+    if before is None or after is None:
+        return None
+    return before.abs().numpy(), after.abs().numpy()
+
+
+def composition(target: dict, bases: list[dict], controls: list[dict], n_boot: int,
+                n_perm: int, seed: int, progress: bool) -> dict:
+    """Least-squares and non-negative fits of the target's ΔAP [L, H] on the basic and control
+    runs' ΔAP, each with its shared-component baseline, bootstrap intervals (when every run
+    kept per-sample scores), leave-one-out and the shuffled-heads null."""
+    fitted = bases + controls
+    names = [b["name"] for b in fitted]
+    X = [b["delta"] for b in fitted]
+    J = len(bases)
+    out = {"target": target["name"], "bases": names[:J], "controls": names[J:]}
+    pairs = [_per_sample(s) for s in (target, *fitted)]
+    for key, nonneg in (("least_squares", False), ("nonnegative", True)):
+        fit = A.composition_fit(target["delta"], X, nonnegative=nonneg)
+        shared = A.shared_component(target["delta"], X, nonnegative=nonneg)
+        shared.update({"mean_of": names, "r2_gain_ci": None})
+        if all(p is not None for p in pairs):
+            boot = A.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg,
+                                           progress=progress)
+            shared.update(boot.pop("shared_component"))
+            fit.update(boot)
+        lo = (shared["r2_gain_ci"] or [None])[0]
+        shared["beyond_shared"] = None if lo is None else bool(lo > 0)
+        fit["shared_component"] = shared
+        if controls:
+            ci = fit.get("alpha_ci")
+            fit["controls"] = {"names": names[J:], "alpha": fit["alpha"][J:],
+                               "alpha_ci": ci[J:] if ci else None,
+                               "specific": A.control_verdict(ci[:J], ci[J:]) if ci else None,
+                               "rule": A.SPECIFIC_RULE}
+            fit["alpha"] = fit["alpha"][:J]
+            if ci:
+                fit["alpha_ci"] = ci[:J]
+        fit["leave_one_out"] = A.leave_one_out(target["delta"], X, names, nonneg)
+        fit["shuffled_null"] = A.shuffled_null(target["delta"], X, n_perm, seed, nonneg)
+        out[key] = fit
+    return out
