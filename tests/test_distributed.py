@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from conftest import save_tiny_model
+from launch import run
 
 from headway.patterns import ActivationPattern
 from headway.training.records import read_metrics
@@ -20,44 +15,6 @@ from headway.training.records import read_metrics
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"), "qwen2")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(args: list[str], processes: int, logs: Path) -> None:
-    """``headway ARGS`` in ``processes`` processes (torchrun, gloo); on failure the message holds
-    the launcher's output and every rank's stdout and stderr (torchrun keeps them in ``logs``)."""
-    # One thread per process in both runs: a different thread count changes float summation
-    # order (about 1e-4 relative on per-sample scores of a 30-layer model), not the method.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if processes == 1:
-        cmd = [sys.executable, "-m", "headway.cli", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(free_port()), "--log-dir", str(logs), "--redirects", "3",
-               "-m", "headway.cli", *args]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
-        out, err = proc.communicate()
-        pytest.fail(f"timed out after 300 s\n{_outputs(out, err, logs)}")
-    assert proc.returncode == 0, _outputs(out, err, logs)
-
-
-def _outputs(out: str, err: str, logs: Path) -> str:
-    """The launcher's stdout and stderr, then each rank's (``logs/*/attempt_*/RANK/*.log``)."""
-    parts = [f"--- launcher stdout\n{out[-3000:]}", f"--- launcher stderr\n{err[-3000:]}"]
-    for log in sorted(logs.glob("*/attempt_*/*/std*.log")):
-        parts.append(f"--- rank {log.parent.name} {log.name} ({log.parent.parent.name})\n"
-                     f"{log.read_text()[-3000:]}")
-    return "\n".join(parts)
 
 
 def test_two_process_scoring_equals_one_process(model_dir, tmp_path):

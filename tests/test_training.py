@@ -288,10 +288,16 @@ def test_head_adapter_optimizer_holds_state_for_the_selected_entries_only(model_
         32 * 32 + 2 * 16 * 32 + 32 * 32)
 
 
-def test_sharded_training_is_refused_until_proven(monkeypatch):
+def test_unproven_sharding_is_refused_with_its_message(monkeypatch):
+    """FSDP1, DeepSpeed, and mask head training under FSDP are refused before anything loads;
+    FSDP2 is accepted (proven in test_fsdp.py)."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ConfigError, match="FSDP .* not supported by headway train yet"):
+    with pytest.raises(ConfigError, match="FSDP version 1 .* FSDP2 only"):
         load_config(None)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert load_config(None).mode == "full"
+    with pytest.raises(ConfigError, match="head_training mask does not work under FSDP"):
+        load_config(None, mode="heads", heads="0.1", head_training="mask")
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed"):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .architectures import unwrap_model
+from .sharding import is_sharded
 
 
 def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
@@ -67,24 +68,45 @@ def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
     the loss and counts are on the LM head's device.
     """
     model = unwrap_model(model)
-    decoder = getattr(model, model.base_model_prefix)
-    out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  output_attentions=output_attentions, use_cache=False)
-    last = out.last_hidden_state  # on the last layer's device
-    targets = batch["labels"][:, 1:].to(last.device)
+    if is_sharded(model):
+        out, logits = _through_root(model, batch, output_attentions)
+    else:
+        decoder = getattr(model, model.base_model_prefix)
+        out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      output_attentions=output_attentions, use_cache=False)
+        last = out.last_hidden_state  # on the last layer's device
+        keep = batch["labels"][:, 1:].to(last.device) != -100
+        hidden = last[:, :-1][keep]  # [M, D]
+        logits = model.get_output_embeddings()(hidden).float()  # [M, V], on the LM head's device
+        softcap = getattr(model.config, "final_logit_softcapping", None)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+    targets = batch["labels"][:, 1:].to(logits.device)
     keep = targets != -100
-    hidden = last[:, :-1][keep]  # [M, D]
-    logits = model.get_output_embeddings()(hidden).float()  # [M, V], on the LM head's device
-    targets, keep = targets.to(logits.device), keep.to(logits.device)
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
     token_loss = F.cross_entropy(logits, targets[keep], reduction="none")  # [M]
     rows = keep.nonzero()[:, 0]
     B = targets.shape[0]
     loss_sum = torch.zeros(B, device=logits.device).index_add(0, rows, token_loss)
     n_tokens = keep.sum(1)  # [B], on the LM head's device
     return loss_sum, n_tokens, (out.attentions if output_attentions else None)
+
+
+def _through_root(model: nn.Module, batch: dict[str, torch.Tensor], output_attentions: bool):
+    """The whole model's forward (a sharded model's root gathers the parameters it owns, such
+    as the final norm and the LM head, in its own forward), with the LM head given only the
+    positions that predict a response token. Returns ``(output, logits [M, V] float32)``."""
+    keep = batch["labels"][:, 1:] != -100
+
+    def response_positions(module, args):
+        return (args[0][:, :-1][keep.to(args[0].device)], *args[1:])
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(response_positions)
+    try:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_attentions=output_attentions, use_cache=False)
+    finally:
+        handle.remove()
+    return out, out.logits.float()
 
 
 Tick = Callable[[int], object]  # called with 1 after every forward batch (a progress bar)

@@ -35,6 +35,7 @@ from torch import nn
 
 from .batching import collate, input_device, make_batches, response_token_losses  # noqa: F401
 from .distributed import barrier, rank_world
+from .sharding import is_sharded
 from .head_scores import (  # noqa: F401  (re-exported)
     CONVENTIONS,
     METHODS,
@@ -146,7 +147,8 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
 
     Under ``torch.distributed`` (``accelerate launch`` / ``torchrun``) process r computes
     batches r, r + W, r + 2W, ... and the per-sample results are summed across processes, so
-    every process returns the full result, equal to a single-process run.
+    every process returns the full result, equal to a single-process run. Of a sharded model
+    (FSDP2) every process runs the same number of batches (see :mod:`headway.sharding`).
     """
     import torch.distributed as dist
     from tqdm.auto import tqdm
@@ -165,15 +167,24 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     state = (checkpoint.load(like=fresh) if checkpoint else None) or fresh
     batches = make_batches([len(e.input_ids) for e in encoded], batch_size,
                            sort_by_length=convention == "sample")
-    batches = batches[rank::world]
+    # a sharded model's every forward is a collective: all processes run as many batches,
+    # the ones short of work run the first batch again and drop its result
+    sharded = world > 1 and is_sharded(model)
+    padding = [None] * (-(-len(batches) // world) - len(batches[rank::world])) if sharded else []
+    spare = batches[0]
+    batches = batches[rank::world] + padding
     device = input_device(model)
     step = gate_scores if method == "gate" else reference_scores
-    mine = sum(len(rows) for rows in batches)
-    done = sum(int(state["done"][rows].sum()) for rows in batches)
+    mine = sum(len(rows) for rows in batches if rows is not None)
+    done = sum(int(state["done"][rows].sum()) for rows in batches if rows is not None)
     with eval_mode(model), tqdm(total=mine, initial=done, desc=desc, unit="sample",
               disable=not progress or rank != 0, dynamic_ncols=True) as bar:
         for rows in batches:
-            if bool(state["done"][rows].all()):
+            if rows is None:
+                step(model, collate([encoded[i] for i in spare], pad_id, pad_to, device),
+                     n_heads, convention)
+                continue
+            if bool(state["done"][rows].all()) and not sharded:
                 continue
             batch = collate([encoded[i] for i in rows], pad_id, pad_to, device)
             scores, loss_sum, n_tokens = step(model, batch, n_heads, convention)

@@ -19,7 +19,10 @@ callbacks, so for them to see the records, hand the callback its trainer:
 ``callback.attach(trainer)`` (or ``PatternCallback(..., trainer=trainer)``).
 
 Under DDP (``torchrun``, ``accelerate launch``) add it on every process, as any callback:
-every process scores its share of the probe batches, only the main process writes. A resumed
+every process scores its share of the probe batches, only the main process writes. Under
+FSDP2 (Accelerate's ``fsdp_version: 2``) every process runs as many probe batches and
+computes the parameter change of the rows it holds; the sums are added over processes
+(:mod:`headway.sharding`). A resumed
 run (``trainer.train(resume_from_checkpoint=...)``) keeps the records up to its checkpoint and
 writes the later ones again.
 """
@@ -38,6 +41,7 @@ from transformers import TrainerCallback
 from ..analysis.stats import concentration
 from ..patterns import ActivationPattern, pattern_meta
 from ..scoring import score_encoded
+from ..sharding import is_sharded
 from ..storage import atomic_save_tensors, atomic_write_json
 from .heads import HeadWeights
 from .records import read_metrics, truncate_metrics
@@ -105,6 +109,7 @@ class PatternCallback(TrainerCallback):
         self.seconds = 0.0  # time spent recording, for the overhead figure
         self.run_dir: Path | None = None
         self.is_main = True
+        self.sharded = False  # FSDP2: scoring and weight norms are collectives
 
     def attach(self, trainer) -> PatternCallback:
         """Add this callback to ``trainer`` and log through it, so that ``report_to``
@@ -168,7 +173,9 @@ class PatternCallback(TrainerCallback):
             self._load_first()
         if self.is_main and self.manifest is not False:
             self._write_manifest(args, state, model, status="running")
-        if self.track_weights and self.is_main:  # only the main process writes the change
+        self.sharded = is_sharded(model)
+        # the main process computes the change; of a sharded model, every one its rows
+        if self.track_weights and (self.is_main or self.sharded):
             self._start_weights(model, state.global_step == 0)
         if state.global_step == 0:
             self.record(model, 0, state)
@@ -281,8 +288,9 @@ class PatternCallback(TrainerCallback):
                          f"headway/{probe.name}/gini": stats["gini"]})
             if first is not None:
                 logs[f"headway/{probe.name}/delta_norm"] = float((scores - first).norm())
-        if self.is_main and self.initial is not None:
+        if self.initial is not None and (self.is_main or self.sharded):
             change = weights.relative_change(self.initial)
+        if self.is_main and self.initial is not None:
             atomic_save_tensors(self.run_dir / "param_change" / f"{tag}.safetensors", change)
             entry["param_change"] = {"attn_mean": float(change["attn"].nanmean()),
                                      "attn_max": float(change["attn"].nan_to_num(0).max()),

@@ -184,21 +184,35 @@ def validate(c: TrainConfig, where: str = "config") -> None:
                           f"weights give no per-head parameter change)",
                           hint="--tracking false, or score the checkpoints afterwards with "
                                "headway trajectory")
-    check_not_sharded(where)
+    sharding(c, where)
 
 
-def check_not_sharded(where: str = "config") -> None:
-    """Sharded training (an Accelerate FSDP or DeepSpeed configuration) is refused until its
-    tracking is built and proven: probe scoring and weight norms need per-shard work."""
+def sharding(c: TrainConfig | None = None, where: str = "config") -> str | None:
+    """``"fsdp"`` when the Accelerate configuration (``accelerate launch`` sets ``FSDP_*``
+    environment variables) asks for FSDP2, else None. FSDP1 and DeepSpeed are refused: their
+    tracking is not built (FSDP2 is; DeepSpeed needs a GPU to be proven on), and so is
+    head-selective training by masks under FSDP (it keys its masks by parameter identity,
+    which sharding replaces)."""
     import os
 
-    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"),
-                           ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-        if os.environ.get(variable, "").lower() in ("1", "true", "yes"):
-            raise ConfigError(f"{where}: {name} (from the Accelerate configuration) is not "
-                              f"supported by headway train yet: tracking under sharding is not "
-                              f"built and proven",
-                              hint="train with DDP (several processes, one model copy each)")
+    def on(variable: str) -> bool:
+        return os.environ.get(variable, "").lower() in ("1", "true", "yes")
+
+    if on("ACCELERATE_USE_DEEPSPEED"):
+        raise ConfigError(f"{where}: DeepSpeed (from the Accelerate configuration) is not "
+                          f"supported by headway train: its tracking is not proven",
+                          hint="use FSDP2 (fsdp_version: 2 in the Accelerate config) or DDP")
+    if not on("ACCELERATE_USE_FSDP"):
+        return None
+    if os.environ.get("FSDP_VERSION", "1") != "2":
+        raise ConfigError(f"{where}: FSDP version {os.environ.get('FSDP_VERSION', '1')} (from "
+                          f"the Accelerate configuration): headway train supports FSDP2 only",
+                          hint="set fsdp_version: 2 in the Accelerate config (FSDP_VERSION=2)")
+    if c is not None and c.mode == "heads" and c.head_training == "mask":
+        raise ConfigError(f"{where}: head_training mask does not work under FSDP (its masks "
+                          f"are keyed by parameters that sharding replaces)",
+                          hint="--head_training adapter (the default)")
+    return "fsdp"
 
 
 PRECISIONS = ("no", "bf16", "fp16")

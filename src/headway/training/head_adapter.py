@@ -97,24 +97,31 @@ def _deltas(model: nn.Module) -> dict[str, HeadDelta]:
 
 def merge(model: nn.Module) -> nn.Module:
     """Put every delta into its base weight and the plain layers back (in place)."""
-    for name, module in _deltas(model).items():
+    from ..sharding import local_rows
+    from .weight_change import local_weight
+
+    for name, module in _deltas(model).items():  # sharded: every process merges its rows
         with torch.no_grad():
-            module.base_layer.weight.copy_(module.merged_weight())
+            local_rows(module.base_layer.weight)[0].copy_(local_weight(module)[0])
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module.base_layer)
     return model
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base: str) -> Path:
+def save_adapter(model: nn.Module, folder: str | Path, base: str, write: bool = True) -> Path:
     """Write the deltas alone: ``head_adapter.safetensors`` and ``head_adapter.json`` (base
-    model, heads, which rows or columns each delta covers)."""
+    model, heads, which rows or columns each delta covers). Of a sharded model every process
+    calls it (the deltas are gathered) and the one with ``write`` writes."""
+    from ..sharding import full
     from ..storage import atomic_save_tensors, atomic_write_json
 
     folder = Path(folder)
     tensors, layout = {}, {}
     for name, module in _deltas(model).items():
-        tensors[f"{name}.delta"] = module.delta.detach()
+        tensors[f"{name}.delta"] = full(module.delta.detach()).cpu()
         layout[name] = {"along": module.along, "index": module.index.tolist()}
+    if not write:
+        return folder
     atomic_save_tensors(folder / ADAPTER_FILE, tensors)
     atomic_write_json(folder / ADAPTER_CONFIG, {
         "kind": "headway.HeadAdapter", "base_model_name_or_path": base,

@@ -31,6 +31,7 @@ from .config import (  # noqa: F401  (re-exported)
     TrainConfig,
     load_config,
     pure_bfloat16,
+    sharding,
     validate,
 )
 
@@ -126,8 +127,9 @@ def run_train(c: TrainConfig) -> dict:
                                      prompt_field=train_task.prompt_field)
     probes = build_probes(c, lm.tokenizer, train_task) if c.tracking else []
     # W_0: read from the model's own files where they hold it, else a copy in its dtype
-    # (on the main process only: the others record no parameter change)
-    initial = start_weights(lm.model, lm.path) if c.tracking and state.is_main_process else None
+    # (on the main process only, the others record no parameter change; sharded, on all)
+    initial = start_weights(lm.model, lm.path) \
+        if c.tracking and (state.is_main_process or sharding(c)) else None
 
     selection, heads = None, None
     if c.mode == "heads":
@@ -186,6 +188,8 @@ def run_train(c: TrainConfig) -> dict:
         trainer = SFTTrainer(model=lm.model, args=args, train_dataset=dataset,
                              processing_class=lm.tokenizer, peft_config=peft_config,
                              callbacks=callbacks)
+    if sharding(c) == "fsdp":
+        _use_fsdp2(trainer)
     if not c.progress:  # no bar, and no log dicts printed either: they are in metrics.jsonl
         from transformers.trainer_callback import PrinterCallback
 
@@ -203,7 +207,9 @@ def run_train(c: TrainConfig) -> dict:
         "train_task": {**task_record(train_task), "n": stats.n_out,
                        "n_truncated": stats.n_truncated, "n_dropped": stats.n_dropped},
         "probes": [{**p.task, "n": len(p.encoded)} for p in probes],
-        "world_size": state.num_processes, "versions": library_versions(),
+        "world_size": state.num_processes,
+        "sharding": "fsdp2" if trainer.is_fsdp_enabled else None,
+        "versions": library_versions(),
         "resumed_from": str(resume_from) if resume_from else None,
     }
     if state.is_main_process:
@@ -227,15 +233,53 @@ def save_final(trainer, lm, c: TrainConfig, folder: Path, is_main: bool) -> None
     from .head_adapter import merge, save_adapter
 
     if c.mode == "heads" and c.head_training == "adapter":
-        if not c.save_merged:
+        if not c.save_merged:  # every process calls it (a sharded delta is gathered)
+            base = lm.name if lm.name.startswith("random:") else lm.path
+            save_adapter(lm.model, folder, base=base, write=is_main)
             if is_main:
-                base = lm.name if lm.name.startswith("random:") else lm.path
-                save_adapter(lm.model, folder, base=base)
                 lm.tokenizer.save_pretrained(folder)
             return
         merge(lm.model)
+    if trainer.is_fsdp_enabled:  # one model folder, gathered one tensor at a time
+        _save_sharded(trainer.model, lm.tokenizer, folder, is_main)
+        return
     with quiet_hf_progress():  # every process calls it; the main one writes
         trainer.save_model(str(folder))
+
+
+def _save_sharded(model, tokenizer, folder: Path, is_main: bool) -> None:
+    """``save_pretrained`` of a sharded (FSDP2) model: every process takes part in gathering
+    each tensor; only the main process keeps the whole tensor and writes."""
+    from ..distributed import barrier
+    from ..sharding import full
+
+    state = {}
+    for name, tensor in model.state_dict().items():
+        whole = full(tensor.detach())
+        if is_main:
+            state[name] = whole.cpu()
+    if is_main:
+        with quiet_hf_progress():
+            model.save_pretrained(str(folder), state_dict=state)
+        tokenizer.save_pretrained(str(folder))
+    barrier()
+
+
+def _use_fsdp2(trainer) -> None:
+    """Check that the Trainer shards with FSDP2; on CPU processes switch it on, since
+    Accelerate enables FSDP only on accelerators (:func:`headway.sharding.fsdp_on_cpu`)."""
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from ..sharding import fsdp_on_cpu
+
+    if not trainer.is_fsdp_enabled:
+        if torch.cuda.is_available():
+            raise ConfigError("the Accelerate configuration asks for FSDP but the Trainer did "
+                              "not enable it", hint="start with accelerate launch")
+        fsdp_on_cpu(trainer, FullyShardedDataParallelPlugin())  # reads the FSDP_* variables
+    if trainer.accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise ConfigError("headway train supports FSDP2 only", hint="fsdp_version: 2")
 
 
 def _checkpointing_field(config_class) -> str:
