@@ -68,12 +68,13 @@ def test_fsdp2_tracking_equals_ddp_and_the_weights_it_ran_on(model_dir, tmp_path
     (p_ddp, c_ddp), (p_fsdp, c_fsdp) = records(ddp, 0), records(fsdp, 0)
     assert rel(p_ddp.per_sample, p_fsdp.per_sample) <= 1e-6
     assert max_abs(c_ddp, c_fsdp) == 0.0
-    # later: the two runs' weights differ by reduction order (all-reduce vs reduce-scatter),
-    # which AdamW's first steps amplify (an update is about ±lr whatever the gradient's size)
+    # later: the two runs' weights differ only by reduction order (all-reduce against
+    # reduce-scatter); measured 2.5e-7 (per-sample scores, relative) and 1e-9 (change)
     for step in (2, 4):
         (p_ddp, c_ddp), (p_fsdp, c_fsdp) = records(ddp, step), records(fsdp, step)
-        assert rel(p_ddp.scores, p_fsdp.scores) <= 0.05
-        assert max_abs(c_ddp, c_fsdp) <= 0.05 * float(c_ddp["attn"].max())
+        assert rel(p_ddp.per_sample, p_fsdp.per_sample) <= 1e-5
+        assert max_abs(c_ddp, c_fsdp) <= 1e-6
+        assert float(c_ddp["attn"].max()) > 1e-3  # the weights did move
 
     # the sharded records are exactly those of the weights the run ended with, computed in one
     # process on the gathered model (final/): scoring padded on one rank, norms per shard
