@@ -67,10 +67,10 @@ def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
     ``output_attentions`` else None. With the model spread over devices (``device_map``),
     the loss and counts are on the LM head's device.
     """
-    model = unwrap_model(model)
-    if is_sharded(model):
+    if is_sharded(model):  # through the root module the sharding was applied to
         out, logits = _through_root(model, batch, output_attentions)
     else:
+        model = unwrap_model(model)
         decoder = getattr(model, model.base_model_prefix)
         out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                       output_attentions=output_attentions, use_cache=False)
@@ -100,7 +100,8 @@ def _through_root(model: nn.Module, batch: dict[str, torch.Tensor], output_atten
     def response_positions(module, args):
         return (args[0][:, :-1][keep.to(args[0].device)], *args[1:])
 
-    handle = model.get_output_embeddings().register_forward_pre_hook(response_positions)
+    head = unwrap_model(model).get_output_embeddings()
+    handle = head.register_forward_pre_hook(response_positions)
     try:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     output_attentions=output_attentions, use_cache=False)
