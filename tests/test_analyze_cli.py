@@ -23,7 +23,8 @@ def workspace(tmp_path_factory, llama_dir):
     for task in ("arithmetic", "sorting", "chain_sum"):
         run = root / f"run-{task}"
         run_train(load_config(None, model=str(llama_dir), task=task, rows=16, probe_rows=6,
-                              max_steps=4, track_every=2, per_device_train_batch_size=4,
+                              max_steps=4, track_every=2, track_schedule="every",
+                              per_device_train_batch_size=4,
                               learning_rate=1e-2, output_dir=str(run), progress=False,
                               save_final=False))
         runs.append(run)

@@ -47,7 +47,8 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def train_args(model_dir, out, **kw) -> list[str]:
     fields = dict(model=model_dir, task="arithmetic", rows=24, probe_rows=4, max_steps=6,
-                  per_device_train_batch_size=4, track_every=2, save_steps=2,
+                  per_device_train_batch_size=4, track_every=2, track_schedule="every",
+                  save_steps=2,
                   learning_rate=1e-2, logging_steps=1, progress="false", save_final="false",
                   output_dir=out)
     fields.update(kw)

@@ -29,7 +29,7 @@ FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
         "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP"}
 # 20 probe rows in batches of 8: 3 batches, so the second process pads one
 TRAIN = ["train", "--task", "arithmetic", "--rows", "16", "--probe_rows", "20",
-         "--max_steps", "4", "--track_every", "2", "--per_device_train_batch_size", "2",
+         "--max_steps", "4", "--track_every", "2", "--track_schedule", "every", "--per_device_train_batch_size", "2",
          "--progress", "false"]
 
 

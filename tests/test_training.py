@@ -24,6 +24,7 @@ def model_dir(llama_dir):
 def config(model_dir, out, **kw):
     base = dict(model=str(model_dir), task="arithmetic", rows=24, probe_rows=6, max_steps=6,
                 per_device_train_batch_size=4, track_every=2, learning_rate=1e-2,
+                track_schedule="every",
                 logging_steps=2, output_dir=str(out), progress=False, save_final=False)
     return load_config(None, **{**base, **kw})
 

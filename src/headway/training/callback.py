@@ -225,6 +225,8 @@ class PatternCallback(TrainerCallback):
 
     def _due(self, state) -> bool:
         step = state.global_step
+        if not self.every:  # only the start and the end
+            return False
         if self.schedule == "log" and state.max_steps > 0:
             if self.steps is None:
                 self.steps = set(log_schedule(state.max_steps, self.every))

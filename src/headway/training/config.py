@@ -94,9 +94,9 @@ class TrainConfig:
                                        "then in-sample).")
     track_every: int = _f(25, "Record probe APs and parameter change every this many steps "
                               "(0: only at the start and the end).")
-    track_schedule: str = _f("every", "every: record every track_every steps; log: as many "
-                                      "records spaced evenly in log(step), dense early (when "
-                                      "patterns move most) and sparse later.")
+    track_schedule: str = _f("log", "log: as many records as track_every gives, spaced "
+                                    "evenly in log(step), dense early (when patterns move "
+                                    "most) and sparse later; every: every track_every steps.")
     tracking: bool = _f(True, "Record probe patterns and parameter change (false: plain SFT).")
     tensorboard: bool = _f(False, "Also log to TensorBoard (output_dir/tensorboard).")
     output_dir: str = _f("runs/train", "Run directory.")
