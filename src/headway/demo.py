@@ -76,9 +76,10 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     run_paths = []
     if sft_steps:
         every = max(1, sft_steps // 3)
+        steps = ", ".join(map(str, log_schedule(sft_steps, every)))
         print(f"headway demo 2/4: full SFT, {sft_steps} steps each, on {', '.join(BASIC_TASKS)} "
-              f"(basic), {COMPLEX_TASK} (complex) and {CONTROL_TASK} (control); patterns every "
-              f"{every} steps")
+              f"(basic), {COMPLEX_TASK} (complex) and {CONTROL_TASK} (control); patterns at "
+              f"steps {steps} (log-spaced)")
         for name in (*BASIC_TASKS, COMPLEX_TASK, CONTROL_TASK):
             config = load_config(None, model=model, task=name, rows=SFT_BATCH * sft_steps,
                                  max_steps=sft_steps, per_device_train_batch_size=SFT_BATCH,
