@@ -53,6 +53,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     from .scoring import score_task
     from .storage import atomic_write_bytes
     from .tasks import TaskSpec, load_task
+    from .training.callback import log_schedule
     from .training.config import load_config
     from .training.run_dir import clear_other_run
     from .training.trainer import finished_run, run_train
