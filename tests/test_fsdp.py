@@ -61,6 +61,7 @@ def test_fsdp2_tracking_equals_ddp_and_the_weights_it_ran_on(model_dir, tmp_path
     manifest = json.loads((fsdp / "manifest.json").read_text())
     assert manifest["sharding"] == "fsdp2" and manifest["world_size"] == 2
     assert json.loads((ddp / "manifest.json").read_text())["sharding"] is None
+    assert manifest["gradient_checkpointing"] is False and manifest["mixed_precision"] == "no"
     for run_dir in (ddp, fsdp):
         assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")
                 if r["kind"] == "probe"] == [0, 2, 4]

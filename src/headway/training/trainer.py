@@ -209,6 +209,9 @@ def run_train(c: TrainConfig) -> dict:
         "probes": [{**p.task, "n": len(p.encoded)} for p in probes],
         "world_size": state.num_processes,
         "sharding": "fsdp2" if trainer.is_fsdp_enabled else None,
+        "dtype": c.dtype, "mixed_precision": c.mixed_precision,
+        "gradient_checkpointing": c.gradient_checkpointing,
+        "track_schedule": c.track_schedule if c.tracking else None,
         "versions": library_versions(),
         "resumed_from": str(resume_from) if resume_from else None,
     }
