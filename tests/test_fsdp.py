@@ -19,9 +19,9 @@ from safetensors.torch import load_file
 from headway.models import load_model, pad_id
 from headway.patterns import ActivationPattern
 from headway.scoring import score_encoded
+from headway.tasks import load_task
 from headway.training.heads import HeadSelection, HeadWeights
 from headway.training.records import read_metrics
-from headway.tasks import load_task
 from headway.training.trainer import _task_spec, build_probes, load_config
 from headway.training.weight_change import StartWeights
 

@@ -35,7 +35,6 @@ from torch import nn
 
 from .batching import collate, input_device, make_batches, response_token_losses  # noqa: F401
 from .distributed import barrier, rank_world
-from .sharding import is_sharded
 from .head_scores import (  # noqa: F401  (re-exported)
     CONVENTIONS,
     METHODS,
@@ -45,6 +44,7 @@ from .head_scores import (  # noqa: F401  (re-exported)
     objective,
     reference_scores,
 )
+from .sharding import is_sharded
 from .storage import atomic_save_tensors
 
 
