@@ -38,6 +38,7 @@ class StartWeights:
         self.files = files or {}
         self.source = source
         self.offsets = offsets or {}  # first row of a copy that holds only a shard's rows
+        self._open: dict[Path, object] = {}  # one memory map per file, kept between records
 
     @property
     def nbytes(self) -> int:
@@ -47,22 +48,23 @@ class StartWeights:
     def __getitem__(self, key: str) -> torch.Tensor:
         if key in self.tensors:
             return self.tensors[key]
-        from safetensors import safe_open
-
         path, name = self.files[key]
-        with safe_open(str(path), framework="pt") as f:
-            return f.get_tensor(name)
+        return self._file(path).get_tensor(name)
+
+    def _file(self, path: Path):
+        if path not in self._open:
+            from safetensors import safe_open
+
+            self._open[path] = safe_open(str(path), framework="pt")
+        return self._open[path]
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of W_0 for ``key`` (read from the file alone when memory-mapped)."""
         if key in self.tensors:
             offset = self.offsets.get(key, 0)
             return self.tensors[key][start - offset:stop - offset]
-        from safetensors import safe_open
-
         path, name = self.files[key]
-        with safe_open(str(path), framework="pt") as f:
-            return f.get_slice(name)[start:stop]
+        return self._file(path).get_slice(name)[start:stop]
 
     @classmethod
     def copy_of(cls, weights: HeadWeights) -> StartWeights:
