@@ -49,8 +49,13 @@ from headway.models import load_model
 from headway.progress import quiet_hf_progress
 from headway.training.callback import log_schedule
 from headway.training.heads import HeadWeights
-from headway.training.trainer import TrainConfig, _checkpointing_field, _task_spec, \
-    load_config, run_train
+from headway.training.trainer import (
+    TrainConfig,
+    _checkpointing_field,
+    _task_spec,
+    load_config,
+    run_train,
+)
 from headway.training.weight_change import start_weights
 
 WARMUP = 2  # steps left out of the mean step time

@@ -49,6 +49,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def max_abs(a: dict, b: dict) -> float:
+    """Largest difference over the tensors of two change records (NaN where both are)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k].isnan(), b[k].isnan()), k
     return max(float((a[k] - b[k]).nan_to_num(0).abs().max()) for k in a)
 
 

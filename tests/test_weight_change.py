@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -33,3 +34,35 @@ def test_a_model_changed_after_loading_is_copied_and_a_lost_start_is_none(llama_
     assert start.source == "memory" and start.nbytes > 0
     assert start_weights(model, folder="/nonexistent", now_is_start=False) is None
     assert isinstance(StartWeights.from_folder(llama_dir, HeadWeights(model)), StartWeights)
+
+
+@pytest.mark.parametrize("role, transposed", [("q", False), ("k", False), ("o", False),
+                                              ("o", True)])
+def test_per_head_norms_of_any_row_split_add_up_to_the_whole(role, transposed):
+    """A sharded weight's per-head norms are summed over processes: any split of its rows
+    (uneven, an empty one, splits inside a head) must add up to the whole weight's norms.
+    4 query heads of 8 dims, 2 key/value heads (grouped-query); o as nn.Linear ([out, H*d])
+    and as GPT-2's Conv1D ([H*d, out], heads along the rows)."""
+    from types import SimpleNamespace
+
+    from transformers.pytorch_utils import Conv1D
+
+    from headway.training.weight_change import _per_head
+
+    geometry = SimpleNamespace(n_heads=4, head_dim=8, group=2)
+    rows = {"q": 32, "k": 16, "o": 32 if transposed else 24}[role]
+    cols = 24 if role in "qk" or transposed else 32
+    module = Conv1D(24, 32) if transposed else torch.nn.Linear(cols, rows, bias=False)
+    w = torch.randn(rows, cols)
+    whole = _per_head(w, 0, role, geometry, module)
+    bounds = [0, 3, 3, 13, 16, rows]  # uneven, one empty, boundaries inside heads
+    pieces = sum(_per_head(w[a:b], a, role, geometry, module)
+                 for a, b in zip(bounds, bounds[1:]))
+    torch.testing.assert_close(pieces, whole, rtol=1e-6, atol=0)
+    if role == "k":  # one norm per key/value head, shared by its 2 query heads
+        expected = w.view(2, 8, cols).pow(2).sum((1, 2)).repeat_interleave(2)
+    elif role == "o" and not transposed:  # heads are columns
+        expected = w.view(rows, 4, 8).pow(2).sum((0, 2))
+    else:  # heads are rows
+        expected = w.view(4, 8, cols).pow(2).sum((1, 2))
+    torch.testing.assert_close(whole, expected, rtol=1e-6, atol=0)

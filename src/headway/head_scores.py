@@ -70,9 +70,21 @@ def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
                                         gates)
         device = loss_sum.device
         scores = torch.stack([g.to(device) for g in grads], 1)
-        if not half or bool(torch.isfinite(scores).all()) or scale <= 1.0:
+        if not half or scale <= 1.0 or _finite_everywhere(model, scores):
             return scores / scale, loss_sum.detach(), n_tokens
         scale /= 2
+
+
+def _finite_everywhere(model: nn.Module, scores: torch.Tensor) -> bool:
+    """No overflow in ``scores``; of a sharded model, in no process's scores (so that every
+    process retries together: each forward is a collective)."""
+    from .sharding import is_sharded, sum_over_processes
+
+    overflow = torch.tensor([float(not bool(torch.isfinite(scores).all()))],
+                            device=scores.device)
+    if is_sharded(model):
+        overflow = sum_over_processes(overflow)
+    return float(overflow) == 0
 
 
 def _weight_dtype(model: nn.Module) -> torch.dtype:

@@ -53,13 +53,23 @@ def full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if is_dtensor(t) else t
 
 
-def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
-    """``t`` summed over all processes (in place; unchanged for one process)."""
+def sum_over_processes(t: torch.Tensor, device: torch.device | str | None = None
+                       ) -> torch.Tensor:
+    """``t`` summed over all processes (unchanged for one process). ``device``: where the
+    sum runs (the weights' device: NCCL process groups reduce only CUDA tensors); the result
+    comes back to ``t``'s device."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+        work = t.to(device) if device is not None else t
+        dist.all_reduce(work)
+        return work.to(t.device)
     return t
+
+
+def weights_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameter."""
+    return next(model.parameters()).device
 
 
 def fsdp_on_cpu(trainer, plugin=None) -> None:

@@ -144,7 +144,13 @@ class HeadWeights:
         return self.arch.qkv is not None
 
     def snapshot(self) -> dict[str, torch.Tensor]:
-        """CPU float32 copies of every tracked weight: ``"{layer}.{q|k|v|o}"``, ``"{layer}.mlp{i}"``."""
+        """CPU float32 copies of every tracked weight: ``"{layer}.{q|k|v|o}"``, ``"{layer}.mlp{i}"``.
+        Not for a sharded model (use :class:`~headway.training.weight_change.StartWeights`)."""
+        from ..sharding import is_sharded
+
+        if is_sharded(self.model):
+            raise ValueError("snapshot() of a sharded (FSDP2) model: use "
+                             "StartWeights.copy_of(weights), which keeps each process's rows")
         out = {}
         with torch.no_grad():
             for layer in range(self.n_layers):

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from ..architectures import is_transposed_linear, unwrap_model
-from ..sharding import full, is_dtensor, is_sharded, local_rows, sum_over_processes
+from ..sharding import (
+    full,
+    is_dtensor,
+    is_sharded,
+    local_rows,
+    sum_over_processes,
+    weights_device,
+)
 from .heads import HeadWeights, effective_weight
 
 
@@ -147,7 +154,7 @@ def relative_change(weights: HeadWeights, start) -> dict[str, torch.Tensor]:
                 mlp2[1, layer] += float(first.pow(2).sum())
     if is_sharded(weights.model):
         sums = sum_over_processes(torch.cat([diff2.double().flatten(), base2.double().flatten(),
-                                             mlp2.flatten()]))
+                                             mlp2.flatten()]), weights_device(weights.model))
         n = diff2.numel()
         diff2, base2 = sums[:n].view_as(diff2).float(), sums[n:2 * n].view_as(base2).float()
         mlp2 = sums[2 * n:].view_as(mlp2)
@@ -179,7 +186,9 @@ def local_weight(module: nn.Module) -> tuple[torch.Tensor, int]:
         for name in module.active_adapters:
             if name in module.lora_A:
                 b, a = full(module.lora_B[name].weight), full(module.lora_A[name].weight)
-                weight = weight + (b[row0:stop] @ a * module.scaling[name]).to(weight.dtype)
+                rows = (b @ a).T[row0:stop] if getattr(module, "fan_in_fan_out", False) \
+                    else b[row0:stop] @ a  # fan_in_fan_out: GPT-2's [in, out] Conv1D
+                weight = weight + (rows * module.scaling[name]).to(weight.dtype)
     return weight, row0
 
 
@@ -246,7 +255,8 @@ def _same(start: StartWeights, weights: HeadWeights) -> bool:
             first = start.rows(key, row0, row0 + now.shape[0])
             same &= torch.equal(first.to(torch.float32), now.detach().float().cpu())
     if is_sharded(weights.model):  # the same answer on every process
-        same = bool(sum_over_processes(torch.tensor([float(not same)])) == 0)
+        flag = torch.tensor([float(not same)])
+        same = bool(sum_over_processes(flag, weights_device(weights.model)) == 0)
     return same
 
 
