@@ -67,11 +67,6 @@ def sum_over_processes(t: torch.Tensor, device: torch.device | str | None = None
     return t
 
 
-def weights_device(model: nn.Module) -> torch.device:
-    """The device of the model's (first) parameter."""
-    return next(model.parameters()).device
-
-
 def fsdp_on_cpu(trainer, plugin=None) -> None:
     """Make ``trainer`` (a Hugging Face ``Trainer`` not yet trained) shard its model with
     FSDP2 on CPU processes. Accelerate enables FSDP only on accelerators; everything after

@@ -43,9 +43,6 @@ def forward_batches(encoded: Sequence, n_random: int, mode: str, batch_size: int
     return passes * len(by_length(encoded, batch_size))
 
 
-forwardby_length = forward_batches  # the old name
-
-
 @torch.no_grad()
 def head_means(model: nn.Module, encoded: Sequence, pad_id: int, batch_size: int = 8,
                tick: Tick | None = None) -> torch.Tensor:

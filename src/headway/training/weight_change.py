@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from ..architectures import is_transposed_linear, unwrap_model
+from ..batching import input_device
 from ..sharding import (
     full,
     is_dtensor,
     is_sharded,
     local_rows,
     sum_over_processes,
-    weights_device,
 )
 from .heads import HeadWeights, effective_weight
 
@@ -154,7 +154,7 @@ def relative_change(weights: HeadWeights, start) -> dict[str, torch.Tensor]:
                 mlp2[1, layer] += float(first.pow(2).sum())
     if is_sharded(weights.model):
         sums = sum_over_processes(torch.cat([diff2.double().flatten(), base2.double().flatten(),
-                                             mlp2.flatten()]), weights_device(weights.model))
+                                             mlp2.flatten()]), input_device(weights.model))
         n = diff2.numel()
         diff2, base2 = sums[:n].view_as(diff2).float(), sums[n:2 * n].view_as(base2).float()
         mlp2 = sums[2 * n:].view_as(mlp2)
@@ -256,7 +256,7 @@ def _same(start: StartWeights, weights: HeadWeights) -> bool:
             same &= torch.equal(first.to(torch.float32), now.detach().float().cpu())
     if is_sharded(weights.model):  # the same answer on every process
         flag = torch.tensor([float(not same)])
-        same = bool(sum_over_processes(flag, weights_device(weights.model)) == 0)
+        same = bool(sum_over_processes(flag, input_device(weights.model)) == 0)
     return same
 
 
