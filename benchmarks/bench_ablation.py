@@ -43,10 +43,12 @@ def main() -> None:
         layers_run,
         top_and_random_sets,
     )
-    from headway.architectures import head_geometry
-    from headway.models import load_model
+    from headway.data.encoding import encode_examples
+    from headway.data.rows import TaskSpec
+    from headway.data.tasks import load_task
+    from headway.models.architectures import head_geometry
+    from headway.models.loading import load_model
     from headway.patterns import ActivationPattern
-    from headway.tasks import TaskSpec, encode_examples, load_task
 
     lm = load_model(args.model)
     model = lm.model.eval()

@@ -83,7 +83,7 @@ def measure(fn, repeats: int = 3) -> tuple[float, float]:
 
 
 def run_path(path: str, model, data: dict, n_heads: int):
-    from headway.head_scores import gate_scores, reference_scores
+    from headway.scoring.head_scores import gate_scores, reference_scores
 
     def forward():
         with torch.no_grad():

@@ -45,7 +45,7 @@ def main() -> None:
                    help="LAYER.HEAD list (default: 10 heads over 7 layers)")
     args = p.parse_args()
 
-    from headway.models import load_model
+    from headway.models.loading import load_model
     from headway.progress import quiet_hf_progress
     from headway.training.head_adapter import add_head_adapter, merge, save_adapter
     from headway.training.heads import HeadSelection, parse_heads

@@ -27,7 +27,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 @contextlib.contextmanager
 def multiplicative_gates(model, batch_size: int, n_heads: int):
     """The earlier gate: x * g with g cast to the activation dtype (reduced in bfloat16)."""
-    from headway.hooks import on_head_slices, split_heads
+    from headway.scoring.hooks import on_head_slices, split_heads
 
     gates: list[torch.Tensor] = []
 
@@ -59,10 +59,11 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    from headway import head_scores
-    from headway.models import load_model
-    from headway.scoring import score_task
-    from headway.tasks import TaskSpec, load_task
+    from headway.data.rows import TaskSpec
+    from headway.data.tasks import load_task
+    from headway.models.loading import load_model
+    from headway.scoring import head_scores
+    from headway.scoring.score import score_task
 
     task = load_task(TaskSpec(source=args.data, n=args.n))
     results = {}

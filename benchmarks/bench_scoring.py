@@ -34,8 +34,10 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
 
 
 def load(args):
-    from headway.models import load_model
-    from headway.tasks import TaskSpec, encode_examples, load_task
+    from headway.data.encoding import encode_examples
+    from headway.data.rows import TaskSpec
+    from headway.data.tasks import load_task
+    from headway.models.loading import load_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     lm = load_model(args.model, dtype=args.dtype, device=device)
@@ -50,7 +52,7 @@ def sync(device) -> None:
 
 
 def forward_only(lm, encoded, batch_size, pad_to=None):
-    from headway.scoring import collate, make_batches
+    from headway.data.batching import collate, make_batches
 
     device = next(lm.model.parameters()).device
     with torch.no_grad():
@@ -60,7 +62,7 @@ def forward_only(lm, encoded, batch_size, pad_to=None):
 
 
 def run_method(lm, encoded, method, batch_size, pad_to=None, convention="paper"):
-    from headway.scoring import score_encoded
+    from headway.scoring.score import score_encoded
 
     if method == "forward":
         return forward_only(lm, encoded, batch_size, pad_to)

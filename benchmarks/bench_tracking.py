@@ -45,7 +45,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
-from headway.models import load_model
+from headway.models.loading import load_model
 from headway.progress import quiet_hf_progress
 from headway.training.callback import log_schedule
 from headway.training.heads import HeadWeights
@@ -128,7 +128,8 @@ def plain_run(args) -> dict:
     """A plain TRL script: the same model, rows and SFTConfig values as headway train."""
     from datasets import Dataset
 
-    from headway.tasks import encode_examples, load_task
+    from headway.data.encoding import encode_examples
+    from headway.data.tasks import load_task
 
     gc.collect()
     c = config_for(args, max_steps=args.max_steps, tracking=False)

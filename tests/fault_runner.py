@@ -72,7 +72,7 @@ def install(point: str, n: int) -> None:
 
         tracking.atomic_save_tensors = write
     elif point == "scoring-batch":
-        from headway import scoring
+        from headway.scoring import score as scoring
 
         real_init = scoring.ScoreCheckpoint.__init__
         real_gate = scoring.gate_scores

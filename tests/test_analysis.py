@@ -18,7 +18,7 @@ from headway.analysis.ablation import (
     random_interval,
 )
 from headway.analysis.head_sets import head_set_losses, layers_run, top_and_random_sets
-from headway.architectures import decoder_layers
+from headway.models.architectures import decoder_layers
 
 
 def test_exact_nonnegative_combination_is_recovered():

@@ -14,8 +14,10 @@ import torch
 from safetensors.torch import save_file
 
 from headway.cli import main
+from headway.data.encoding import encode_examples
+from headway.data.rows import Example, TaskError
+from headway.data.tasks import load_task
 from headway.patterns import ActivationPattern, PatternError
-from headway.tasks import Example, TaskError, encode_examples, load_task
 
 ROWS = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}"} for i in range(5)]
 
@@ -121,7 +123,7 @@ def test_corrupt_partial_is_set_aside_and_scoring_starts_over(llama_dir, tmp_pat
 def test_partial_of_other_shapes_is_ignored(tmp_path, capsys):
     from tiny_models import tiny_model
 
-    from headway.scoring import ScoreCheckpoint, score_encoded
+    from headway.scoring.score import ScoreCheckpoint, score_encoded
     from headway.storage import atomic_save_tensors
 
     rows = [Example(f"What is {i}?", f"{i}", i) for i in range(5)]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import headway
-from headway.models import ModelError, load_model
+from headway.errors import ModelError
+from headway.models.loading import load_model
 
 ROWS = [{"question": f"What is {i} + {2 * i}?", "answer": f"{3 * i}"} for i in range(7)]
 

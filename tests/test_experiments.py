@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from headway.cli import main
+from headway.data.tasks import load_task
 from headway.experiments.evaluation import (
     EvalError,
     answer_checker,
@@ -26,7 +27,6 @@ from headway.experiments.mixing import (
     similarity_ranking,
     top_n,
 )
-from headway.tasks import load_task
 
 # ---------------------------------------------------------------- mixture arithmetic
 
@@ -140,7 +140,7 @@ def test_reasoning_gym_rows_alias_across_seeds_and_the_check_sees_it():
 
 def test_batched_generation_equals_one_row_at_a_time(llama_dir):
     from headway.experiments.evaluation import generate
-    from headway.models import load_model
+    from headway.models.loading import load_model
 
     lm = load_model(str(llama_dir))
     prompts = [f"Question: {e.prompt}\nAnswer: " for e in load_task("chain_sum", n=5).examples]
@@ -255,7 +255,7 @@ def test_select_end_to_end(llama_dir, tmp_path):
 
 
 def test_modes_end_to_end_and_lora_weights_load_merged(llama_dir, tmp_path):
-    from headway.models import load_model
+    from headway.models.loading import load_model
 
     out = tmp_path / "modes"
     assert main(["modes", "--model", str(llama_dir), *COMMON, "--seeds", "0", "--steps", "2",

@@ -197,7 +197,7 @@ def test_kill_during_scoring_resumes_bit_identical(llama_dir, tmp_path):
 
 
 def test_ctrl_c_during_scoring_keeps_the_partial(llama_dir, tmp_path, monkeypatch, capsys):
-    from headway import scoring
+    from headway.scoring import score as scoring
 
     real, calls = scoring.gate_scores, [0]
 
@@ -236,12 +236,12 @@ def test_unwritable_output_fails_before_any_work(llama_dir, tmp_path, monkeypatc
                                                  command):
     """An output under a file, or in a read-only place: one error line at once, before the
     model is loaded (not after minutes of work)."""
-    import headway.models
+    import headway.models.loading
 
     def no_load(*args, **kw):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(headway.models, "load_model", no_load)
+    monkeypatch.setattr(headway.models.loading, "load_model", no_load)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for where in (blocker / "out", Path("/sys/headway-test/out")):

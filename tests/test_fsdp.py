@@ -16,10 +16,10 @@ from conftest import save_tiny_model
 from launch import run
 from safetensors.torch import load_file
 
-from headway.models import load_model, pad_id
+from headway.data.tasks import load_task
+from headway.models.loading import load_model, pad_id
 from headway.patterns import ActivationPattern
-from headway.scoring import score_encoded
-from headway.tasks import load_task
+from headway.scoring.score import score_encoded
 from headway.training.heads import HeadSelection, HeadWeights
 from headway.training.records import read_metrics
 from headway.training.trainer import _task_spec, build_probes, load_config

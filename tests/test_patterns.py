@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from headway.analysis.stats import coefficient_of_variation, entropy, gini
 from headway.patterns import ActivationPattern
+from headway.stats import coefficient_of_variation, entropy, gini
 
 
 def test_save_load_round_trip(tmp_path):
@@ -57,7 +57,7 @@ def test_cv_and_entropy_known_answers():
 
 
 def test_dynamics_on_a_hand_built_trajectory():
-    from headway.analysis.stats import dynamics
+    from headway.stats import dynamics
 
     base = np.arange(1.0, 7.0).reshape(2, 3)
     direction = np.array([[1.0, -1, 0], [0, 1, -1]])

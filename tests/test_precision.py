@@ -9,7 +9,7 @@ from scipy.stats import spearmanr
 from tiny_models import tiny_model
 
 import headway
-from headway.hooks import HeadGate
+from headway.scoring.hooks import HeadGate
 
 ROWS = [{"question": f"What is {i} + {2 * i}?", "answer": f"{3 * i}"} for i in range(8)]
 

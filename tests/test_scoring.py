@@ -9,16 +9,13 @@ import pytest
 import torch
 from tiny_models import TINY_CONFIGS, VOCAB, tiny_model
 
-from headway import scoring
-from headway.models import ModelError, head_geometry
-from headway.scoring import (
-    ScoreCheckpoint,
-    collate,
-    gate_scores,
-    reference_scores,
-    response_token_losses,
-    score_encoded,
-)
+from headway.data.batching import collate
+from headway.errors import ModelError
+from headway.models.architectures import head_geometry
+from headway.scoring import score as scoring
+from headway.scoring.head_scores import gate_scores, reference_scores
+from headway.scoring.loss import response_token_losses
+from headway.scoring.score import ScoreCheckpoint, score_encoded
 
 
 @dataclass

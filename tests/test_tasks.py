@@ -6,16 +6,9 @@ from pathlib import Path
 import pytest
 from conftest import make_byte_tokenizer
 
-from headway.tasks import (
-    BUILTIN_TASKS,
-    Example,
-    TaskError,
-    TaskSpec,
-    encode_examples,
-    list_builtin_tasks,
-    load_task,
-    render_prompt,
-)
+from headway.data.encoding import encode_examples, render_prompt
+from headway.data.rows import Example, TaskError, TaskSpec
+from headway.data.tasks import BUILTIN_TASKS, list_builtin_tasks, load_task
 
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/test.jsonl"
 ROWS = [{"question": f"What is {i} + {i}?", "answer": f"{i} + {i} = {2 * i}"} for i in range(6)]

@@ -53,7 +53,7 @@ def test_tracked_run_records_requested_steps(model_dir, tmp_path):
     last = ActivationPattern.load(run / "patterns" / "step_000006" / "arithmetic")
     assert not torch.equal(first.scores, last.scores)  # training moved the pattern
     # probe rows are held out: they are the 6 rows after the 24 training rows
-    from headway.tasks import load_task
+    from headway.data.tasks import load_task
     held_out = load_task("arithmetic", n=6, offset=24)
     assert first.meta["task"]["data_hash"] == held_out.data_hash
     manifest = json.loads((run / "manifest.json").read_text())
@@ -98,7 +98,7 @@ def test_resume_with_other_settings_is_refused(model_dir, tmp_path):
 
 
 def test_head_selective_leaves_everything_else_bit_identical(model_dir, tmp_path):
-    from headway.models import load_model
+    from headway.models.loading import load_model
 
     run = tmp_path / "run"
     manifest = run_train(config(model_dir, run, mode="heads", heads=["0.1", "1.2"],
@@ -209,7 +209,7 @@ def test_tensorboard_logging_when_asked(model_dir, tmp_path):
 def test_bf16_mixed_precision_keeps_updates_that_pure_bf16_rounds_away(model_dir, tmp_path):
     """One AdamW step of 2e-5: with float32 master weights (bf16 autocast) nearly every entry
     moves; with pure bfloat16 weights most steps are below bfloat16's resolution."""
-    from headway.models import load_model
+    from headway.models.loading import load_model
 
     start = load_model(str(model_dir)).model.model.layers[0].self_attn.q_proj.weight
 
@@ -250,7 +250,7 @@ def test_head_adapter_reproduces_masked_training_with_state_for_its_entries_only
                                                                                  tmp_path):
     """Same run (seed, float32, weight decay 0) through the masked weights and through the
     adapter: the same trained weights to 1e-5; the adapter saved alone loads onto its base."""
-    from headway.models import load_model
+    from headway.models.loading import load_model
 
     runs = {}
     for how in ("mask", "adapter"):
@@ -274,7 +274,7 @@ def test_head_adapter_reproduces_masked_training_with_state_for_its_entries_only
 
 
 def test_head_adapter_optimizer_holds_state_for_the_selected_entries_only(model_dir):
-    from headway.models import load_model
+    from headway.models.loading import load_model
     from headway.training.head_adapter import add_head_adapter
     from headway.training.heads import HeadSelection
 
@@ -311,7 +311,7 @@ def test_unproven_sharding_is_refused_with_its_message(monkeypatch):
 def test_checkpoints_of_head_adapter_training_load_as_the_trained_model(model_dir, tmp_path):
     """A Trainer checkpoint of adapter training holds base + delta + index: it loads merged
     (as final/ does), never with weights filled at random."""
-    from headway.models import load_model
+    from headway.models.loading import load_model
 
     run = tmp_path / "run"
     run_train(config(model_dir, run, mode="heads", heads=["0.1"], max_steps=2, save_steps=2,

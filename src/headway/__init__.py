@@ -27,15 +27,15 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 _EXPORTS = {
-    "score": "scoring",
+    "score": "scoring.score",
     "ActivationPattern": "patterns",
     "load_pattern": "patterns",
     "delta": "patterns",
     "PatternCallback": "training.callback",
     "trajectory": "training.trajectory",
     "compare": "analysis.compare",
-    "load_model": "models",
-    "as_task": "data",
+    "load_model": "models.loading",
+    "as_task": "data.user",
     "HeadwayError": "errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

@@ -48,11 +48,12 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     the fine-tunes' training seed (the order of their rows) and the analysis seed (bootstrap,
     null, random head sets); the rows themselves stay the same."""
     from .analysis.findings import analyze
-    from .models import load_model
+    from .data.rows import TaskSpec
+    from .data.tasks import load_task
+    from .models.loading import load_model
     from .report.html import write_report
-    from .scoring import score_task
+    from .scoring.score import score_task
     from .storage import atomic_write_bytes
-    from .tasks import TaskSpec, load_task
     from .training.config import load_config
     from .training.run_dir import clear_other_run
     from .training.trainer import finished_run, run_train

@@ -20,16 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..architectures import head_geometry
-from ..batching import (  # noqa: F401  (mean_loss re-exported)
-    Tick,
-    by_length,
-    collate,
-    input_device,
-    mean_loss,
-    response_token_losses,
-)
-from ..hooks import ablated, on_head_slices, split_heads  # noqa: F401  (ablated re-exported)
+from ..data.batching import by_length, collate
+from ..models.architectures import head_geometry
+from ..models.placement import input_device
+from ..scoring.hooks import on_head_slices, split_heads
+from ..scoring.loss import Tick, response_token_losses
 from .head_sets import head_set_losses, top_and_random_sets
 
 MODES = ("zero", "mean")

@@ -19,7 +19,7 @@ from ..errors import HeadwayError
 
 def _as_model(model, tokenizer, dtype: str, device):
     """A :class:`~headway.models.LoadedModel`: loaded from a name, or wrapping the user's."""
-    from ..models import LoadedModel, load_model, wrap_model
+    from ..models.loading import LoadedModel, load_model, wrap_model
 
     if isinstance(model, (str, Path)):
         return load_model(str(model), dtype=dtype, device=device)
@@ -34,7 +34,7 @@ def summarize(a, b, k: int = 10) -> dict:
     """Numbers of a comparison of two :class:`~headway.patterns.ActivationPattern` (a before,
     b after): concentration of each and its change, top-k heads kept, gained and lost, and
     Pearson / Spearman / cosine similarity of the two patterns over heads."""
-    from .stats import SIMILARITIES, concentration
+    from ..stats import SIMILARITIES, concentration
 
     ca, cb = concentration(a.scores.numpy()), concentration(b.scores.numpy())
     top_a = {f"{l}.{h}" for l, h, _ in a.top_heads(k)}
@@ -65,7 +65,7 @@ def compare(model_a, model_b, tokenizer=None, data=None, *, output_dir=None, k: 
     ``convention``, ...). ΔAP is B − A.
     """
     from ..patterns import delta
-    from ..scoring import score
+    from ..scoring.score import score
     from ..storage import atomic_write_json, check_writable
 
     if data is None:

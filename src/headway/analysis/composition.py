@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HeadwayError
-from . import stats as A
+from . import fitting
 
 
 class CompositionError(HeadwayError, ValueError):
@@ -105,11 +105,11 @@ def composition(target: dict, bases: list[dict], controls: list[dict], n_boot: i
     out = {"target": target["name"], "bases": names[:J], "controls": names[J:]}
     pairs = [_per_sample(s) for s in (target, *fitted)]
     for key, nonneg in (("least_squares", False), ("nonnegative", True)):
-        fit = A.composition_fit(target["delta"], X, nonnegative=nonneg)
-        shared = A.shared_component(target["delta"], X, nonnegative=nonneg)
+        fit = fitting.composition_fit(target["delta"], X, nonnegative=nonneg)
+        shared = fitting.shared_component(target["delta"], X, nonnegative=nonneg)
         shared.update({"mean_of": names, "r2_gain_ci": None})
         if all(p is not None for p in pairs):
-            boot = A.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg,
+            boot = fitting.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg,
                                            progress=progress)
             shared.update(boot.pop("shared_component"))
             fit.update(boot)
@@ -120,12 +120,12 @@ def composition(target: dict, bases: list[dict], controls: list[dict], n_boot: i
             ci = fit.get("alpha_ci")
             fit["controls"] = {"names": names[J:], "alpha": fit["alpha"][J:],
                                "alpha_ci": ci[J:] if ci else None,
-                               "specific": A.control_verdict(ci[:J], ci[J:]) if ci else None,
-                               "rule": A.SPECIFIC_RULE}
+                               "specific": fitting.control_verdict(ci[:J], ci[J:]) if ci else None,
+                               "rule": fitting.SPECIFIC_RULE}
             fit["alpha"] = fit["alpha"][:J]
             if ci:
                 fit["alpha_ci"] = ci[:J]
-        fit["leave_one_out"] = A.leave_one_out(target["delta"], X, names, nonneg)
-        fit["shuffled_null"] = A.shuffled_null(target["delta"], X, n_perm, seed, nonneg)
+        fit["leave_one_out"] = fitting.leave_one_out(target["delta"], X, names, nonneg)
+        fit["shuffled_null"] = fitting.shuffled_null(target["delta"], X, n_perm, seed, nonneg)
         out[key] = fit
     return out

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import stats
 from ..errors import HeadwayError
 from ..patterns import ActivationPattern, pattern_paths
 from ..storage import atomic_write_json
-from . import stats as A
+from . import fitting
 from .composition import composition_section
 
 # scoring's resume files beside a pattern (one process, or one per rank)
@@ -201,7 +202,7 @@ def _patterns_section(result: dict, out: Path, loaded: dict, k: int) -> None:
     from ..report.figures import heatmap_grid, matrix_figure
 
     result["patterns"] = {
-        name: {"path": str(path), **A.concentration(p.scores.numpy()),
+        name: {"path": str(path), **stats.concentration(p.scores.numpy()),
                "n": p.meta.get("n_samples"), "model": p.meta.get("model", {}).get("name"),
                "top_heads": [f"{l}.{h}" for l, h, _ in p.top_heads(k)]}
         for name, (path, p) in loaded.items()}
@@ -213,9 +214,9 @@ def _patterns_section(result: dict, out: Path, loaded: dict, k: int) -> None:
         return
     arrays = {n: p.scores.numpy() for n, (_, p) in loaded.items()}
     names = list(arrays)
-    sims = {m: A.similarity_matrix(arrays, m) for m in A.SIMILARITIES}
-    order = A.cluster_order(sims["pearson"])
-    jac = np.array([[A.jaccard_top_k(a, b, k) for b in arrays.values()]
+    sims = {m: stats.similarity_matrix(arrays, m) for m in stats.SIMILARITIES}
+    order = stats.cluster_order(sims["pearson"])
+    jac = np.array([[stats.jaccard_top_k(a, b, k) for b in arrays.values()]
                     for a in arrays.values()])
     result["similarity"] = {"names": names, "cluster_order": [names[i] for i in order],
                             **{m: s.tolist() for m, s in sims.items()},
@@ -238,14 +239,14 @@ def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> Non
             "run": s["run"], "probe": s["probe"], "mode": s["manifest"].get("mode"),
             "steps": s["trajectory"]["steps"],
             "loss": s["trajectory"]["probes"][s["probe"]]["loss"],
-            "before": A.concentration(s["before"].scores.numpy()),
-            "after": A.concentration(s["after"].scores.numpy()),
+            "before": stats.concentration(s["before"].scores.numpy()),
+            "after": stats.concentration(s["after"].scores.numpy()),
             "delta_norm": float(np.linalg.norm(s["delta"])),
             "dynamics": {key: d[key] for key in ("change", "corr_start", "corr_prev",
                                                  "mse_prev", "step_50", "step_90")},
             "param_change": None if s["param_change"] is None else {
                 "mean": float(np.nanmean(attn)), "max": float(np.nanmax(attn)),
-                **A.change_concentration(attn, s["delta"])},
+                **fitting.change_concentration(attn, s["delta"])},
             "top_delta_heads": _top_abs(s["delta"], k)}
         heatmap_grid({"before": s["before"].scores.numpy(), "after": s["after"].scores.numpy()},
                      _figure(result, out, f"run_{s['name']}_ap.png",
@@ -291,7 +292,9 @@ def _top_abs(delta: np.ndarray, k: int) -> list[str]:
 def _held_out(p: ActivationPattern, tokenizer, rows: int | None):
     """The held-out rows to ablate ``p`` on: ``(spec, encoded)``; a reason string when there
     are none; None when ``p`` does not record its task spec."""
-    from ..tasks import TaskError, TaskSpec, encode_examples, load_task
+    from ..data.encoding import encode_examples
+    from ..data.rows import TaskError, TaskSpec
+    from ..data.tasks import load_task
 
     spec = dict(p.meta.get("task", {}).get("spec") or {})
     if not spec:
@@ -313,8 +316,8 @@ def _faithfulness(model: str, loaded: dict, k: int, n_random: int, seed: int,
                   progress: bool) -> dict:
     """``{name: {mode: faithfulness result}}`` (or ``{name: {"skipped": why}}``) of every
     pattern that records its task; results kept in ``keep_in`` are reused."""
-    from ..architectures import head_geometry
-    from ..models import load_model
+    from ..models.architectures import head_geometry
+    from ..models.loading import load_model
     from .ablation import AblationJob, encoded_digest, run_ablations, scores_digest
 
     lm = load_model(model)

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..architectures import decoder_layers, head_geometry
-from ..batching import Tick, by_length, collate, input_device, response_token_losses
-from ..hooks import on_head_slices
+from ..data.batching import by_length, collate
+from ..models.architectures import decoder_layers, head_geometry
+from ..models.placement import input_device
+from ..scoring.hooks import on_head_slices
+from ..scoring.loss import Tick, response_token_losses
 
 Head = tuple[int, int]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 def load_task(args):
     """The rows of a :class:`~headway.settings.TaskArgs`."""
-    from ..tasks import TaskSpec, load_task
+    from ..data.rows import TaskSpec
+    from ..data.tasks import load_task
 
     return load_task(TaskSpec(
         source=args.task, n=args.rows, offset=args.offset, seed=args.seed,
@@ -25,7 +26,7 @@ def load_model(args, state=None):
     process's device when launched with several, else cuda if available, else cpu)."""
     import torch
 
-    from ..models import load_model
+    from ..models.loading import load_model
 
     device = args.device or (state.device if state else
                              "cuda" if torch.cuda.is_available() else "cpu")

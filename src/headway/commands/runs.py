@@ -24,7 +24,8 @@ def train(config: TrainConfig) -> int:
 def probe_tasks(args: TrajectoryArgs) -> dict:
     """``{name: task}`` of ``args.probes`` (each ``NAME=SOURCE``, or a source named by its
     stem), ``args.rows`` rows each."""
-    from ..tasks import TaskSpec, load_task
+    from ..data.rows import TaskSpec
+    from ..data.tasks import load_task
 
     probes = {}
     for item in args.probes:

@@ -12,7 +12,7 @@ from .common import distributed_state, load_model, load_task
 
 def score(args: ScoreArgs) -> int:
     """Score every head on the task; write ``OUTPUT.safetensors`` and ``OUTPUT.json``."""
-    from ..scoring import score_task
+    from ..scoring.score import score_task
     from ..storage import check_writable
 
     state = distributed_state()
@@ -39,9 +39,9 @@ def score(args: ScoreArgs) -> int:
 
 def show(args: ShowArgs) -> int:
     """Print a pattern's top heads and concentration; write its heatmap."""
-    from ..analysis.stats import concentration
     from ..patterns import ActivationPattern, pattern_paths
     from ..report.figures import heatmap
+    from ..stats import concentration
 
     pattern = ActivationPattern.load(args.pattern)
     top = pattern.top_heads(args.top_k)
@@ -67,7 +67,7 @@ def show(args: ShowArgs) -> int:
 
 def tasks(args: TasksArgs | None = None) -> int:
     """List the built-in tasks."""
-    from ..tasks import list_builtin_tasks
+    from ..data.tasks import list_builtin_tasks
 
     for name, description in list_builtin_tasks():
         print(f"{name:<16} {description}")

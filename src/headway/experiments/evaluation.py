@@ -69,7 +69,7 @@ def gsm_answer(text: str) -> float | None:
 def answer_checker(task) -> tuple[str, Callable[[int, str, str], float]]:
     """``(kind, check)`` for a :class:`headway.tasks.Task`; ``check(position, generated,
     reference)`` returns a score in [0, 1] for the task's ``position``-th example."""
-    from ..tasks import generator_entries
+    from ..data.tasks import generator_entries
 
     entries = generator_entries(task)
     if entries is not None:
@@ -118,7 +118,7 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 
     :func:`headway.tasks.encode_examples` (False for chat-templated prompts)."""
     from tqdm.auto import tqdm
 
-    from ..batching import input_device
+    from ..models.placement import input_device
 
     tok, model = lm.tokenizer, lm.model
     device = input_device(model)
@@ -165,8 +165,9 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     """Accuracy (greedy), its 95 % Wilson interval, mean checker score and the response loss
     (each row's mean response-token loss in nats, averaged over rows; lower is better) of
     ``lm`` on ``task``; per-row records included."""
-    from ..batching import mean_loss
-    from ..tasks import encode_examples, render_example, task_record, uses_chat_template
+    from ..data.encoding import encode_examples, render_example, uses_chat_template
+    from ..data.rows import task_record
+    from ..scoring.loss import mean_loss
 
     s = settings or EvalSettings()
     examples = task.examples

@@ -55,9 +55,10 @@ def run_mix(e: Experiment, basics: list[str], total: int = 128, stage1_steps: in
     """Pattern-guided mixture (α from the composition fit of the target's ΔAP on the basic
     tasks' ΔAPs, NNLS) against a uniform random mixture of the same size and target-only SFT
     with the same total steps."""
-    from ..analysis.stats import composition_fit
+    from ..analysis.fitting import composition_fit
+    from ..data.rows import TaskSpec
+    from ..data.tasks import load_task
     from ..storage import atomic_write_json
-    from ..tasks import TaskSpec, load_task
     from .mixing import alpha_to_counts, mixture_rows, random_counts
 
     check_not_target(e, basics)

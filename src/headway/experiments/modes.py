@@ -19,8 +19,8 @@ def run_modes(e: Experiment, steps: int = 32, top_k: int = 10,
               learning_rates: dict[str, float] | None = None, lora_r: int = 8) -> dict:
     """Head-selective SFT (the target pattern's top-k heads) against LoRA and full SFT, equal
     steps and data: accuracy, response loss, trainable parameters, training time."""
-    from ..models import load_model
-    from ..scoring import score_task
+    from ..models.loading import load_model
+    from ..scoring.score import score_task
     from ..training.heads import top_heads_from_file
 
     lrs = {"full": 5e-5, "lora": 2e-4, "heads": 5e-4, **(learning_rates or {})}

@@ -79,7 +79,8 @@ def train_config(e: Experiment, output_dir: Path, **fields):
 
 def eval_task(e: Experiment):
     """The evaluation rows; refused at once if they overlap the target's training rows."""
-    from ..tasks import TaskSpec, load_task
+    from ..data.rows import TaskSpec
+    from ..data.tasks import load_task
     from .evaluation import check_disjoint
 
     evaluation = load_task(TaskSpec(e.target, n=e.eval_rows, offset=e.eval_offset, seed=0))
@@ -95,7 +96,8 @@ def device() -> str:
 
 
 def check_not_target(e: Experiment, basics: list[str]) -> None:
-    from ..tasks import TaskSpec, load_task
+    from ..data.rows import TaskSpec
+    from ..data.tasks import load_task
     from .mixing import MixingError
 
     target = target_task(e).source
@@ -105,7 +107,8 @@ def check_not_target(e: Experiment, basics: list[str]) -> None:
 
 
 def target_task(e: Experiment):
-    from ..tasks import TaskSpec, load_task
+    from ..data.rows import TaskSpec
+    from ..data.tasks import load_task
 
     return load_task(TaskSpec(e.target, n=e.target_rows, offset=0, seed=0))
 
@@ -113,7 +116,7 @@ def target_task(e: Experiment):
 def trained_rows(spec) -> tuple[list[tuple[str, list[int]]], list[str]]:
     """``(source, row indices)`` pairs and the prompts of everything a training set (a
     :class:`headway.tasks.TaskSpec`) holds; a mixture file adds the rows it was built from."""
-    from ..tasks import load_task
+    from ..data.tasks import load_task
     from .mixing import used_rows
 
     task = load_task(spec)
@@ -126,7 +129,7 @@ def trained_rows(spec) -> tuple[list[tuple[str, list[int]]], list[str]]:
 def rows_trained_by(run_dirs) -> tuple[list[tuple[str, list[int]]], list[str]]:
     """:func:`trained_rows` of the training sets of ``headway train`` run directories (read from
     each ``manifest.json``), concatenated in order."""
-    from ..tasks import TaskSpec
+    from ..data.rows import TaskSpec
     from .evaluation import EvalError
 
     used, prompts = [], []
@@ -145,7 +148,7 @@ def rows_trained_by(run_dirs) -> tuple[list[tuple[str, list[int]]], list[str]]:
 
 
 def stage_spec(stage: dict):
-    from ..tasks import TaskSpec
+    from ..data.rows import TaskSpec
 
     return TaskSpec(stage["task"], n=stage["rows"], offset=stage.get("offset", 0),
                     seed=stage.get("data_seed", 0))
@@ -156,7 +159,7 @@ def run_arm(e: Experiment, name: str, seed: int, stages: list[dict], evaluation,
     """Train ``stages`` in turn (TrainConfig fields; ``seed`` is the training seed), then
     evaluate on ``evaluation`` (a Task). ``data``: rows of ``ARM/data.jsonl``, written first
     (stages refer to it as ``"{data}"``). Returns the result (also ``ARM/result.json``)."""
-    from ..models import load_model
+    from ..models.loading import load_model
     from ..storage import atomic_write_json
     from ..training.trainer import run_train
     from .evaluation import EvalSettings, check_disjoint, duplicate_prompts, evaluate

@@ -25,10 +25,11 @@ def run_select(e: Experiment, basics: list[str], pool_rows: int = 64, n: int = 6
     """Pattern-similarity selection: rank a pool (``pool_rows`` rows of each basic task) by
     the Pearson similarity of each row's |s_i| to the target's AP (base model, the scarce
     target rows); train on the top ``n``, then on the target; against ``n`` random pool rows."""
-    from ..models import load_model
-    from ..scoring import score_task
+    from ..data.rows import TaskSpec
+    from ..data.tasks import load_task
+    from ..models.loading import load_model
+    from ..scoring.score import score_task
     from ..storage import atomic_write_json
-    from ..tasks import TaskSpec, load_task
     from .mixing import similarity_ranking, top_n
 
     check_not_target(e, basics)

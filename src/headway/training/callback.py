@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..analysis.stats import concentration
+from ..models.sharding import is_sharded
 from ..patterns import ActivationPattern, pattern_meta
-from ..scoring import score_encoded
-from ..sharding import is_sharded
+from ..scoring.score import score_encoded
+from ..stats import concentration
 from ..storage import atomic_save_tensors, atomic_write_json
 from .heads import HeadWeights
 from .records import read_metrics, truncate_metrics
@@ -128,8 +128,9 @@ class PatternCallback(TrainerCallback):
 
     # -- set-up ---------------------------------------------------------------------------
     def _encode(self, tokenizer) -> list[Probe]:
-        from ..data import as_task
-        from ..tasks import encode_examples, task_record
+        from ..data.encoding import encode_examples
+        from ..data.rows import task_record
+        from ..data.user import as_task
 
         if isinstance(self.raw_probes, (list, tuple)) and all(
                 isinstance(p, Probe) for p in self.raw_probes):
@@ -150,7 +151,7 @@ class PatternCallback(TrainerCallback):
         return out
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
-        from ..models import wrap_model
+        from ..models.loading import wrap_model
 
         self.is_main = state.is_world_process_zero
         self.run_dir = self.output_dir or Path(args.output_dir) / "headway"
@@ -329,7 +330,7 @@ def log_schedule(max_steps: int, every: int) -> list[int]:
 
 
 def _pad_id(tokenizer) -> int:
-    from ..models import pad_id
+    from ..models.loading import pad_id
 
     return pad_id(tokenizer)
 

@@ -22,10 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import HEAD_ADAPTER_CONFIG as ADAPTER_CONFIG
-from ..adapters import HEAD_ADAPTER_FILE as ADAPTER_FILE
-from ..adapters import merge_head_adapter  # noqa: F401  (loads a saved adapter)
-from ..architectures import _get, is_transposed_linear
+from ..models.adapters import HEAD_ADAPTER_CONFIG as ADAPTER_CONFIG
+from ..models.adapters import HEAD_ADAPTER_FILE as ADAPTER_FILE
+from ..models.architectures import _get, is_transposed_linear
 from .heads import HeadWeights
 
 
@@ -97,7 +96,7 @@ def _deltas(model: nn.Module) -> dict[str, HeadDelta]:
 
 def merge(model: nn.Module) -> nn.Module:
     """Put every delta into its base weight and the plain layers back (in place)."""
-    from ..sharding import local_rows
+    from ..models.sharding import local_rows
     from .weight_change import local_weight
 
     for name, module in _deltas(model).items():  # sharded: every process merges its rows
@@ -112,7 +111,7 @@ def save_adapter(model: nn.Module, folder: str | Path, base: str, write: bool = 
     """Write the deltas alone: ``head_adapter.safetensors`` and ``head_adapter.json`` (base
     model, heads, which rows or columns each delta covers). Of a sharded model every process
     calls it (the deltas are gathered) and the one with ``write`` writes."""
-    from ..sharding import full
+    from ..models.sharding import full
     from ..storage import atomic_save_tensors, atomic_write_json
 
     folder = Path(folder)

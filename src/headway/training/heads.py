@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..architectures import (
-    ModelError,
+from ..errors import ModelError
+from ..models.architectures import (
     _get,
     architecture,
     decoder_layers,
@@ -146,7 +146,7 @@ class HeadWeights:
     def snapshot(self) -> dict[str, torch.Tensor]:
         """CPU float32 copies of every tracked weight: ``"{layer}.{q|k|v|o}"``, ``"{layer}.mlp{i}"``.
         Not for a sharded model (use :class:`~headway.training.weight_change.StartWeights`)."""
-        from ..sharding import is_sharded
+        from ..models.sharding import is_sharded
 
         if is_sharded(self.model):
             raise ValueError("snapshot() of a sharded (FSDP2) model: use "

@@ -49,7 +49,7 @@ def truncate_metrics(path: Path, last_step: int) -> int:
 def run_trajectory(run_dir: str | Path) -> dict:
     """Everything recorded in a run, per probe: steps, APs [T, L, H], losses, and
     :func:`headway.analysis.stats.dynamics`; plus the mean per-head parameter change per step."""
-    from ..analysis.stats import dynamics
+    from ..stats import dynamics
 
     run_dir = Path(run_dir)
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "probe"]

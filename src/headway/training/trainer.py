@@ -37,7 +37,7 @@ from .config import (  # noqa: F401  (re-exported)
 
 
 def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
-    from ..tasks import TaskSpec
+    from ..data.rows import TaskSpec
 
     own = source == c.task
     return TaskSpec(source=source, n=n, offset=offset, seed=c.data_seed, split=c.split,
@@ -49,7 +49,9 @@ def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
 def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
     """Probe tasks, encoded. The training task's probe rows follow its training rows, or are
     its training rows with ``probe_train_rows``."""
-    from ..tasks import encode_examples, load_task, task_record
+    from ..data.encoding import encode_examples
+    from ..data.rows import task_record
+    from ..data.tasks import load_task
     from .callback import Probe
 
     probes = []
@@ -83,11 +85,13 @@ def run_train(c: TrainConfig) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from ..data.encoding import encode_examples
+    from ..data.rows import task_record
+    from ..data.tasks import load_task
     from ..distributed import barrier, process_state
-    from ..models import load_model
+    from ..models.loading import load_model
     from ..patterns import library_versions
     from ..storage import atomic_write_json, check_writable
-    from ..tasks import encode_examples, load_task, task_record
     from .callback import PatternCallback
     from .head_adapter import add_head_adapter
     from .heads import HeadSelection, parse_heads, top_heads_from_file
@@ -254,7 +258,7 @@ def _save_sharded(model, tokenizer, folder: Path, is_main: bool) -> None:
     """``save_pretrained`` of a sharded (FSDP2) model: every process takes part in gathering
     each tensor; only the main process keeps the whole tensor and writes."""
     from ..distributed import barrier
-    from ..sharding import full
+    from ..models.sharding import full
 
     state = {}
     for name, tensor in model.state_dict().items():
@@ -274,7 +278,7 @@ def _use_fsdp2(trainer) -> None:
     import torch
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from ..sharding import fsdp_on_cpu
+    from ..models.sharding import fsdp_on_cpu
 
     if not trainer.is_fsdp_enabled:
         if torch.cuda.is_available():

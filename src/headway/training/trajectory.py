@@ -68,7 +68,7 @@ def trajectory(checkpoints, base: str, probes: dict, *, output_dir=None,
     """
     from tqdm.auto import tqdm
 
-    from ..models import load_model
+    from ..models.loading import load_model
     from ..storage import atomic_write_json, check_writable
     from .callback import PatternCallback
     from .records import read_metrics

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..architectures import is_transposed_linear, unwrap_model
-from ..batching import input_device
-from ..sharding import (
+from ..models.architectures import is_transposed_linear, unwrap_model
+from ..models.placement import input_device
+from ..models.sharding import (
     full,
     is_dtensor,
     is_sharded,

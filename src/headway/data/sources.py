@@ -17,9 +17,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
-from .progress import quiet_hf_progress
-from .tasks import FILE_BUILDERS, TaskError, _describe
+from ..progress import quiet_hf_progress
+from .rows import TaskError, _describe
 
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 # bare (owner-less) names that are hub datasets; every other hub dataset is owner/name
 WELL_KNOWN_HUB_DATASETS = ("gsm8k", "squad", "imdb", "glue", "super_glue", "wikitext", "ag_news")
 HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")

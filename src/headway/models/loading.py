@@ -22,27 +22,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import (  # noqa: F401  (re-exported)
-    ARCHITECTURES,
-    Architecture,
-    _get,
-    architecture,
-    attention_output_projections,
-    decoder_layers,
+from ..errors import ModelError
+from ..progress import quiet_hf_progress
+from .adapters import (
+    HEAD_ADAPTER_CONFIG,
+    has_head_deltas,
+    merge_head_adapter,
+    merge_head_checkpoint,
+)
+from .architectures import (
     head_geometry,
-    is_transposed_linear,
     unwrap_model,
 )
-from .builtin_model import (  # noqa: F401  (re-exported)
+from .builtin import (
     BUILTIN_MODELS,
-    BuiltinModel,
     _file_digest,
-    builtin_gguf_path,
     builtin_model_folder,
-    cache_dir,
 )
-from .errors import ModelError  # noqa: F401  (re-exported)
-from .progress import quiet_hf_progress
+from .checks import check_hub_id, check_weight_files, load_error
+from .placement import placement_kwargs
 
 RANDOM_PREFIX = "random:"
 
@@ -184,14 +182,6 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .adapters import (
-        HEAD_ADAPTER_CONFIG,
-        has_head_deltas,
-        load_adapter,
-        merge_head_adapter,
-        merge_head_checkpoint,
-    )
-    from .model_checks import check_hub_id, check_weight_files, load_error
 
     if name.startswith(RANDOM_PREFIX):
         if device_map is not None or quantization is not None:
@@ -236,7 +226,7 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     if local:
         check_weight_files(Path(path))
     kwargs = {"revision": revision} if revision and not local else {}
-    placement = {**_placement(device_map, offload_folder), **_quantization(quantization, dtype)}
+    placement = {**placement_kwargs(device_map, offload_folder), **_quantization(quantization, dtype)}
     try:
         with quiet_hf_progress() if local else contextlib.nullcontext():
             given = tokenizer is not None  # e.g. a checkpoint saved without its tokenizer
@@ -293,25 +283,6 @@ def _quantization(quantization: str | None, dtype) -> dict:
     return {"quantization_config": config}
 
 
-def _placement(device_map, offload_folder) -> dict:
-    """``from_pretrained`` keywords for a ``device_map`` (a name, a dict or its JSON text)."""
-    if device_map is None:
-        return {}
-    if isinstance(device_map, str) and device_map.lstrip().startswith("{"):
-        try:
-            device_map = json.loads(device_map)
-        except ValueError as err:
-            raise ModelError(f"device_map: not valid JSON ({err})") from None
-    if isinstance(device_map, str) and device_map not in (
-            "auto", "balanced", "balanced_low_0", "sequential"):
-        raise ModelError(f"device_map {device_map!r}: use auto, balanced, balanced_low_0, "
-                         f"sequential, or a JSON object of module -> device")
-    out = {"device_map": device_map}
-    if isinstance(device_map, str) or "disk" in map(str, device_map.values()):
-        out["offload_folder"] = str(offload_folder or cache_dir() / "offload")
-    return out
-
-
 def random_twin(pretrained: LoadedModel, device=None, seed: int = 0) -> LoadedModel:
     """The same architecture, config and tokenizer with freshly initialised weights (the
     model's own initialiser, fixed seed): a control without pretrained knowledge. Loaded as
@@ -340,3 +311,29 @@ def _check_complete(model, loading: dict, name: str) -> None:
         raise ModelError(f"{name}: its weight files lack {len(missing)} weights of the model "
                          f"(e.g. {', '.join(missing[:3])}); loading would fill them at random",
                          hint="is this a complete checkpoint saved by save_pretrained?")
+
+
+def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None = None,
+                 trust_remote_code: bool = False, device=None, tokenizer=None):
+    """A PEFT adapter folder (e.g. a LoRA run's ``final/``): its base model
+    (``base_model_name_or_path``) with the adapter merged into the weights."""
+    from peft import PeftModel
+
+    folder = folder.resolve()
+    try:
+        base_name = json.loads((folder / "adapter_config.json").read_text()).get(
+            "base_model_name_or_path")
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{folder}/adapter_config.json: cannot read it: {err}") from err
+    if not base_name:
+        raise ModelError(f"{folder}/adapter_config.json names no base_model_name_or_path")
+    base = load_model(base_name, dtype, attn_implementation=attn_implementation,
+                      trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().eval()
+    # an adapter trained on top of this merged model must name this folder as its base
+    model.config._name_or_path = model.name_or_path = str(folder)
+    if device is not None:
+        model.to(device)
+    return dataclasses.replace(base, model=model, name=str(folder), path=str(folder),
+                               revision=f"{folder_fingerprint(folder)}+{base.revision}",
+                               info={**base.info, "base_model": base_name})

@@ -1,10 +1,5 @@
-"""Rows into batches, and the loss on response tokens: the one batching path that scoring,
-ablation and evaluation share.
-
-``make_batches`` groups row positions (by length, or in file order); ``collate`` right-pads
-encoded rows into ``[B, T]`` tensors; ``response_token_losses`` runs the model and returns each
-row's summed response-token loss without building a ``[B, T, vocab]`` tensor.
-"""
+"""The loss on response tokens: each row's summed response-token loss, without building a
+``[B, T, vocab]`` tensor. Scoring, ablation and evaluation share it."""
 
 from __future__ import annotations
 
@@ -14,47 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import unwrap_model
-from .sharding import is_sharded
-
-
-def make_batches(lengths: Sequence[int], batch_size: int, sort_by_length: bool) -> list[list[int]]:
-    """Split positions ``0..N-1`` into batches of ``batch_size``.
-
-    ``sort_by_length``: longest first, so each batch holds rows of similar length and padding is
-    small (and an out-of-memory error shows up on the first batch). Otherwise file order.
-    """
-    order = list(range(len(lengths)))
-    if sort_by_length:
-        order.sort(key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where a batch goes: the device of the input embeddings (the first layer of a model
-    spread over devices; the CPU when they are offloaded)."""
-    weight = unwrap_model(model).get_input_embeddings().weight
-    return torch.device("cpu") if weight.device.type == "meta" else weight.device
-
-
-def collate(encoded: Sequence, pad_id: int, pad_to: int | None = None,
-            device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Right-pad encoded rows into ``input_ids``, ``attention_mask``, ``labels`` of ``[B, T]``.
-
-    ``pad_to`` pads every row to that many tokens (the released script pads to 1024); padding
-    never changes a score, only the cost.
-    """
-    width = max(max(len(e.input_ids) for e in encoded), pad_to or 0)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for b, e in enumerate(encoded):
-        n = len(e.input_ids)
-        ids[b, :n] = torch.tensor(e.input_ids)
-        labels[b, :n] = torch.tensor(e.labels)
-        mask[b, :n] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
-            "labels": labels.to(device)}
+from ..data.batching import by_length, collate
+from ..models.architectures import unwrap_model
+from ..models.placement import input_device
+from ..models.sharding import is_sharded
 
 
 def response_token_losses(model: nn.Module, batch: dict[str, torch.Tensor],
@@ -111,11 +69,6 @@ def _through_root(model: nn.Module, batch: dict[str, torch.Tensor], output_atten
 
 
 Tick = Callable[[int], object]  # called with 1 after every forward batch (a progress bar)
-
-
-def by_length(encoded: Sequence, batch_size: int) -> list[list[int]]:
-    """Batches of row positions of ``encoded``, longest rows first."""
-    return make_batches([len(e.input_ids) for e in encoded], batch_size, True)
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from .architectures import attention_output_projections
+from ..models.architectures import attention_output_projections
 
 SliceFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 

@@ -1,17 +1,15 @@
-"""Adapters loaded onto their base model, merged: PEFT adapters (a LoRA run's ``final/``),
-head adapters saved alone (``head_adapter.safetensors``) and Trainer checkpoints of
-head-adapter training (``*.base_layer.weight`` + ``*.delta`` + ``*.index``)."""
+"""Head adapters merged into the model they were trained on: an adapter saved alone
+(``head_adapter.safetensors``) and Trainer checkpoints of head-adapter training (``*.base_layer.weight`` + ``*.delta`` + ``*.index``)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 HEAD_ADAPTER_FILE = "head_adapter.safetensors"
 HEAD_ADAPTER_CONFIG = "head_adapter.json"
@@ -85,29 +83,3 @@ def merge_head_checkpoint(model: nn.Module, folder: Path) -> nn.Module:
     return model
 
 
-def load_adapter(folder: Path, dtype="float32", attn_implementation: str | None = None,
-                 trust_remote_code: bool = False, device=None, tokenizer=None):
-    """A PEFT adapter folder (e.g. a LoRA run's ``final/``): its base model
-    (``base_model_name_or_path``) with the adapter merged into the weights."""
-    from peft import PeftModel
-
-    folder = folder.resolve()
-    try:
-        base_name = json.loads((folder / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path")
-    except (OSError, ValueError) as err:
-        raise ModelError(f"{folder}/adapter_config.json: cannot read it: {err}") from err
-    if not base_name:
-        raise ModelError(f"{folder}/adapter_config.json names no base_model_name_or_path")
-    from .models import folder_fingerprint, load_model
-
-    base = load_model(base_name, dtype, attn_implementation=attn_implementation,
-                      trust_remote_code=trust_remote_code, tokenizer=tokenizer)
-    model = PeftModel.from_pretrained(base.model, str(folder)).merge_and_unload().eval()
-    # an adapter trained on top of this merged model must name this folder as its base
-    model.config._name_or_path = model.name_or_path = str(folder)
-    if device is not None:
-        model.to(device)
-    return dataclasses.replace(base, model=model, name=str(folder), path=str(folder),
-                               revision=f"{folder_fingerprint(folder)}+{base.revision}",
-                               info={**base.info, "base_model": base_name})

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import os
 import re
 from pathlib import Path
 
-from .models import BUILTIN_MODELS, ModelError
-from .storage import safetensors_problem
+from ..errors import ModelError
+from ..storage import safetensors_problem
+from .builtin import BUILTIN_MODELS
 
 HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*")
 

@@ -33,19 +33,19 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .batching import collate, input_device, make_batches, response_token_losses  # noqa: F401
-from .distributed import barrier, rank_world
-from .head_scores import (  # noqa: F401  (re-exported)
+from ..data.batching import collate, make_batches
+from ..distributed import barrier, rank_world
+from ..models.placement import input_device
+from ..models.sharding import is_sharded
+from ..storage import atomic_save_tensors
+from .head_scores import (
     CONVENTIONS,
     METHODS,
     ScoringError,
     default_batch_size,
     gate_scores,
-    objective,
     reference_scores,
 )
-from .sharding import is_sharded
-from .storage import atomic_save_tensors
 
 
 @contextlib.contextmanager
@@ -215,8 +215,9 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
     lasts, finished batches are kept in ``<save_to>.partial.safetensors`` so a crashed run
     resumes where it stopped when started again with the same arguments.
     """
-    from .patterns import ActivationPattern, pattern_meta, pattern_paths
-    from .tasks import encode_examples, task_record
+    from ..data.encoding import encode_examples
+    from ..data.rows import task_record
+    from ..patterns import ActivationPattern, pattern_meta, pattern_paths
 
     if convention == "paper" and template != "qa":
         raise ScoringError("the paper convention uses the released script's 'qa' template")
@@ -281,8 +282,8 @@ def score(model, tokenizer=None, data=None, *, prompt_field: str | None = None,
     Also accepts ``score(loaded_model, task)`` with headway's own
     :class:`~headway.models.LoadedModel` and :class:`~headway.tasks.Task`.
     """
-    from .data import as_task
-    from .models import LoadedModel, wrap_model
+    from ..data.user import as_task
+    from ..models.loading import LoadedModel, wrap_model
 
     if isinstance(model, LoadedModel) and data is None:  # score(lm, task)
         tokenizer, data = model.tokenizer, tokenizer

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from .batching import response_token_losses
-from .errors import HeadwayError
+from ..errors import HeadwayError
 from .hooks import head_gates
+from .loss import response_token_losses
 
 CONVENTIONS = ("sample", "paper")
 METHODS = ("gate", "reference")
@@ -78,7 +78,7 @@ def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
 def _finite_everywhere(model: nn.Module, scores: torch.Tensor) -> bool:
     """No overflow in ``scores``; of a sharded model, in no process's scores (so that every
     process retries together: each forward is a collective)."""
-    from .sharding import is_sharded, sum_over_processes
+    from ..models.sharding import is_sharded, sum_over_processes
 
     overflow = torch.tensor([float(not bool(torch.isfinite(scores).all()))],
                             device=scores.device)
