@@ -16,7 +16,7 @@ Every figure is measured in this one run, all runs full fine-tuning, float32, ba
    tracker measured itself (manifest ``tracking_seconds``).
 4. Tracker memory: bytes it holds between records (``StartWeights.nbytes``; 0 when W_0 is
    read memory-mapped from the checkpoint) plus the peak of bytes allocated while computing
-   one parameter-change record (``HeadWeights(model).relative_change(start)``, from the
+   one parameter-change record (``relative_change(HeadWeights(model), start)``, from the
    profiler's allocator events), against the model's weight bytes. Target: <= 10 %.
    Storages that map the checkpoint file (safetensors' ``safe_open``) are reported apart:
    they are file-backed address space, of which only the pages read become (page cache)
@@ -56,7 +56,7 @@ from headway.training.trainer import (
     load_config,
     run_train,
 )
-from headway.training.weight_change import start_weights
+from headway.training.weight_change import relative_change, start_weights
 
 WARMUP = 2  # steps left out of the mean step time
 ROWS = 512
@@ -166,7 +166,7 @@ def tracker_memory(model: str) -> dict:
     weights = HeadWeights(lm.model)
     mapped = {Path(path).stat().st_size for path, _ in start.files.values()}
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        weights.relative_change(start)
+        relative_change(weights, start)
     # every allocation / free, in order (prof.events() folds those inside an op into the op)
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())

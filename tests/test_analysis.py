@@ -8,7 +8,8 @@ import torch
 from test_scoring import random_rows
 from tiny_models import tiny_model
 
-from headway.analysis import stats as A
+from headway import stats
+from headway.analysis import fitting
 from headway.analysis.ablation import (
     ablated,
     faithfulness,
@@ -27,7 +28,7 @@ def test_exact_nonnegative_combination_is_recovered():
     alpha = np.array([0.7, 0.0, 1.6])
     target = np.tensordot(alpha, bases, axes=1)
     for nonneg in (False, True):
-        fit = A.composition_fit(target, bases, nonnegative=nonneg)
+        fit = fitting.composition_fit(target, bases, nonnegative=nonneg)
         assert fit["r2"] == pytest.approx(1.0)
         np.testing.assert_allclose(fit["alpha"], alpha, atol=1e-10)
         assert fit["n"] == 270 and fit["adj_r2"] == pytest.approx(1.0)
@@ -36,9 +37,9 @@ def test_exact_nonnegative_combination_is_recovered():
 def test_nonnegative_fit_clips_a_negative_coefficient():
     x1, x2 = np.array([1.0, 0, 0, 1]), np.array([0, 1.0, 0, 1])
     target = 2 * x1 - 1 * x2
-    free = A.composition_fit(target, [x1, x2])
+    free = fitting.composition_fit(target, [x1, x2])
     assert free["alpha"] == pytest.approx([2, -1])
-    nonneg = A.composition_fit(target, [x1, x2], nonnegative=True)
+    nonneg = fitting.composition_fit(target, [x1, x2], nonnegative=True)
     assert min(nonneg["alpha"]) >= 0 and nonneg["r2"] < 1
 
 
@@ -53,7 +54,7 @@ def test_bootstrap_interval_covers_the_true_alpha():
 
     bases = [task(b) for b in bases_true]
     target = task(0.4 * bases_true[0] + 1.2 * bases_true[1])
-    ci = A.bootstrap_composition(target, bases, n_boot=200, seed=0)
+    ci = fitting.bootstrap_composition(target, bases, n_boot=200, seed=0)
     for (low, high), true in zip(ci["alpha_ci"], (0.4, 1.2)):
         assert low <= true <= high and high - low < 0.3
     assert 0.9 < ci["r2_ci"][0] <= ci["r2_ci"][1] <= 1
@@ -63,23 +64,23 @@ def test_shuffled_null_separates_composition_from_chance():
     rng = np.random.default_rng(2)
     bases = rng.normal(size=(2, 10, 9))
     composed = bases[0] + 0.5 * bases[1] + rng.normal(0, 0.1, size=(10, 9))
-    real = A.shuffled_null(composed, bases, n_perm=200)
+    real = fitting.shuffled_null(composed, bases, n_perm=200)
     assert real["observed_r2"] > 0.9 and real["p_value"] < 0.01 and real["null_mean"] < 0.2
-    unrelated = A.shuffled_null(rng.normal(size=(10, 9)), bases, n_perm=200)
+    unrelated = fitting.shuffled_null(rng.normal(size=(10, 9)), bases, n_perm=200)
     assert unrelated["p_value"] > 0.05
 
 
 def test_leave_one_out_drops_each_basic_task():
     rng = np.random.default_rng(3)
     bases = rng.normal(size=(2, 5, 4))
-    out = A.leave_one_out(bases[0] + bases[1], bases, ["a", "b"])
+    out = fitting.leave_one_out(bases[0] + bases[1], bases, ["a", "b"])
     assert set(out) == {"a", "b"} and len(out["a"]["alpha"]) == 1
     assert out["a"]["r2"] < 1 and out["b"]["r2"] < 1
 
 
 def test_change_concentration_known_answer():
     change = np.array([[8.0, 1, 1], [0, 0, 0]])  # one head of six holds 80 %
-    out = A.change_concentration(change, delta_ap=-change)
+    out = fitting.change_concentration(change, delta_ap=-change)
     assert out["share_50"] == pytest.approx(1 / 6)
     assert out["share_90"] == pytest.approx(2 / 6)  # 8 + 1 of 10
     assert out["spearman_with_abs_delta_ap"] == pytest.approx(1.0)
@@ -87,15 +88,15 @@ def test_change_concentration_known_answer():
 
 def test_similarity_jaccard_and_clustering():
     a = np.array([[3.0, 2, 1, 0]])
-    assert A.jaccard_top_k(a, a[:, ::-1], 2) == 0.0
-    assert A.jaccard_top_k(a, a * 2, 2) == 1.0
-    assert A.cosine(a, 2 * a) == pytest.approx(1.0)
-    assert A.spearman(a, a ** 2) == pytest.approx(1.0)
+    assert stats.jaccard_top_k(a, a[:, ::-1], 2) == 0.0
+    assert stats.jaccard_top_k(a, a * 2, 2) == 1.0
+    assert stats.cosine(a, 2 * a) == pytest.approx(1.0)
+    assert stats.spearman(a, a ** 2) == pytest.approx(1.0)
     p = {"x": np.array([1.0, 2, 3, 4]), "y": np.array([1.1, 2, 3, 4.2]),
          "z": np.array([4.0, 1, 3, 2]), "w": np.array([4.1, 1, 3.2, 2])}
-    sim = A.similarity_matrix(p)
+    sim = stats.similarity_matrix(p)
     assert sim.shape == (4, 4) and np.allclose(np.diag(sim), 1)
-    order = A.cluster_order(sim)
+    order = stats.cluster_order(sim)
     assert abs(order.index(0) - order.index(1)) == 1 and abs(order.index(2) - order.index(3)) == 1
 
 
@@ -153,9 +154,9 @@ def test_shared_component_plus_noise_gains_nothing():
     bases = [_task(rng, shared + rng.normal(0, 0.15, size=(L, H))) for _ in range(3)]
     target = _task(rng, 0.8 * shared + rng.normal(0, 0.1, size=(L, H)))
     deltas = _deltas([target, *bases])
-    assert A.composition_fit(deltas[0], deltas[1:])["r2"] > 0.7
-    point = A.shared_component(deltas[0], deltas[1:])
-    ci = A.bootstrap_composition(target, bases, n_boot=200, seed=0)["shared_component"]
+    assert fitting.composition_fit(deltas[0], deltas[1:])["r2"] > 0.7
+    point = fitting.shared_component(deltas[0], deltas[1:])
+    ci = fitting.bootstrap_composition(target, bases, n_boot=200, seed=0)["shared_component"]
     low, high = ci["r2_gain_ci"]
     assert low < 0 < high and abs(point["r2_gain"]) < 0.05
     assert point["r2"] > 0.7 and point["beta"] == pytest.approx(0.8, abs=0.1)
@@ -171,30 +172,30 @@ def test_specific_composition_gains_and_recovers_alpha_with_a_control_near_zero(
     bases = [_task(rng, d) for d in truth]
     target = _task(rng, 0.9 * truth[0] + 0.4 * truth[1] + rng.normal(0, 0.02, size=(L, H)))
     deltas = _deltas([target, *bases])
-    fit = A.composition_fit(deltas[0], deltas[1:])
-    point = A.shared_component(deltas[0], deltas[1:])
-    boot = A.bootstrap_composition(target, bases, n_boot=200, seed=0)
+    fit = fitting.composition_fit(deltas[0], deltas[1:])
+    point = fitting.shared_component(deltas[0], deltas[1:])
+    boot = fitting.bootstrap_composition(target, bases, n_boot=200, seed=0)
     assert fit["alpha"][0] == pytest.approx(0.9, abs=0.05)
     assert fit["alpha"][1] == pytest.approx(0.4, abs=0.05)
     assert abs(fit["alpha"][2]) < 0.05
     (a_lo, a_hi), (b_lo, b_hi), (c_lo, c_hi) = boot["alpha_ci"]
     assert a_lo <= 0.9 <= a_hi and b_lo <= 0.4 <= b_hi and c_lo <= 0 <= c_hi
     assert point["r2_gain"] > 0.15 and boot["shared_component"]["r2_gain_ci"][0] > 0.1
-    assert A.control_verdict(boot["alpha_ci"][:2], boot["alpha_ci"][2:]) is True
+    assert fitting.control_verdict(boot["alpha_ci"][:2], boot["alpha_ci"][2:]) is True
 
 
 def test_control_verdict_rule():
-    assert A.control_verdict([[0.5, 0.8], [0.3, 0.6]], [[-0.1, 0.2]]) is True
-    assert A.control_verdict([[0.5, 0.8], [0.1, 0.6]], [[-0.1, 0.2]]) is False
-    assert A.control_verdict([[0.5, 0.8]], [[-0.7, -0.6]]) is False  # a large |α| counts
-    assert A.control_verdict([[0.5, 0.8]], []) is None
+    assert fitting.control_verdict([[0.5, 0.8], [0.3, 0.6]], [[-0.1, 0.2]]) is True
+    assert fitting.control_verdict([[0.5, 0.8], [0.1, 0.6]], [[-0.1, 0.2]]) is False
+    assert fitting.control_verdict([[0.5, 0.8]], [[-0.7, -0.6]]) is False  # a large |α| counts
+    assert fitting.control_verdict([[0.5, 0.8]], []) is None
 
 
 def test_shared_component_baseline_is_the_mean_of_the_bases():
     rng = np.random.default_rng(12)
     bases = rng.normal(size=(2, 5, 4))
     target = 3 * bases.mean(0)
-    out = A.shared_component(target, bases)
+    out = fitting.shared_component(target, bases)
     assert out["beta"] == pytest.approx(3) and out["r2"] == pytest.approx(1)
     assert out["r2_gain_raw"] == pytest.approx(0, abs=1e-12) and out["r2_gain"] <= 1e-12
 

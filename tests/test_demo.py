@@ -32,7 +32,8 @@ def test_demo_writes_patterns_runs_analysis_and_report(tmp_path, capsys):
     for modes in a["faithfulness"].values():
         assert len(modes["zero"]["random_increase"]) == RANDOM_DRAWS >= 20
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(a["figures"]) > 5
+    figures = list((out / "analysis" / "figures").glob("*.png"))
+    assert page.count("data:image/png;base64,") == len(figures) > 5
     summary = (out / "summary.md").read_text()
     assert "| arithmetic |" in summary and "Composition" in summary
     assert f"{CONTROL_TASK} (control)" in summary and "Shared component alone" in summary

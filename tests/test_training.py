@@ -161,13 +161,14 @@ def test_relative_change_per_head_with_grouped_query_attention():
     """Perturb key/value head 1 of layer 0 only: the change shows on query heads 2 and 3
     (its group), in k alone, nowhere else."""
     from headway.training.heads import HeadWeights
+    from headway.training.weight_change import relative_change
 
     model = tiny_model("llama")
     weights = HeadWeights(model)
     initial = weights.snapshot()
     with torch.no_grad():
         model.model.layers[0].self_attn.k_proj.weight[8:16] *= 1.5
-    change = weights.relative_change(initial)
+    change = relative_change(weights, initial)
     expected = torch.zeros(2, 4)
     expected[0, 2:] = 0.5
     torch.testing.assert_close(change["k"], expected)

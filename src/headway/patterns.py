@@ -66,7 +66,7 @@ class ActivationPattern:
         """Draw the L x H pattern (layers down, heads across) on a matplotlib ``ax`` (a new
         figure when None), the ``top`` heads outlined; return the axes. Differences
         (:func:`delta`) get a diverging scale centred on 0."""
-        from .report.figures import draw_heatmap
+        from .pattern_views import draw_heatmap
 
         task = self.meta.get("task", {}).get("name", "")
         model = (self.meta.get("model") or {}).get("name", "")

@@ -2,9 +2,9 @@
 
 Typical pairs: a base model and its instruct version, a model before and after one's own SFT.
 Both are scored on the same rows with the same settings; the folder it writes holds
-``A.{safetensors,json}``, ``B.{...}``, ``delta.{...}`` (ΔAP = AP(B) − AP(A)), ``compare.json``
+``A.{safetensors,json}``, ``B.{...}``, ``delta.{...}`` (ΔAP = AP(B) − AP(A)) and ``compare.json``
 (concentration of both and its change, the heads gained and lost in the top-k, the
-similarity of the two patterns) and ``figures/``; ``headway report FOLDER`` shows it.
+similarity of the two patterns); ``headway report FOLDER`` draws and shows it.
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ def compare(model_a, model_b, tokenizer=None, data=None, *, output_dir=None, k: 
             names: tuple[str, str] = ("A", "B"), dtype: str = "float32", device=None,
             progress: bool = True, **score_options) -> dict:
     """Score ``data`` on two models and compare the patterns; return the summary (also in
-    ``output_dir/compare.json`` when ``output_dir`` is given, with both patterns, ΔAP and
-    figures).
+    ``output_dir/compare.json`` when ``output_dir`` is given, with both patterns and ΔAP).
 
     ``model_a``, ``model_b``: model names (alias, folder, hub id) or model objects (then
     ``tokenizer`` is theirs; both must share it). ``data``: as for :func:`headway.score`.
@@ -84,20 +83,7 @@ def compare(model_a, model_b, tokenizer=None, data=None, *, output_dir=None, k: 
                "models": [p.meta.get("model") for p in patterns],
                "task": a.meta.get("task"), **summarize(a, b, k)}
     if out:
-        from ..report.figures import heatmap
-
         change.save(out / "delta")
-        figures = []
-        for name, pattern in zip(names, patterns):
-            heatmap(pattern.scores.numpy(), out / "figures" / f"{name}.png",
-                    title=f"{name}: {pattern.meta['model'].get('name')}",
-                    top=pattern.top_heads(5))
-            figures.append({"path": f"figures/{name}.png", "caption": f"Pattern of {name}"})
-        heatmap(change.scores.numpy(), out / "figures" / "delta.png", diverging=True,
-                title=f"ΔAP = {names[1]} − {names[0]}", label="ΔAP")
-        figures.append({"path": "figures/delta.png",
-                        "caption": f"ΔAP = AP({names[1]}) − AP({names[0]})"})
-        summary["figures"] = figures
         atomic_write_json(out / "compare.json", summary)
     return summary
 

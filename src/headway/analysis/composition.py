@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import HeadwayError
 from . import fitting
 
@@ -53,37 +51,6 @@ def split_runs(summaries: list[dict], complex_run: str, controls: list[str]
         raise CompositionError("composition needs at least one basic run besides --complex "
                                "and the --control runs")
     return target, bases, control_runs
-
-
-def composition_section(result: dict, out: Path, summaries: list[dict], complex_run: str,
-                        controls: list[str], n_boot: int, n_perm: int, seed: int,
-                        progress: bool, figure) -> None:
-    """``result["composition"]`` and its figures; ``figure(result, out, name, caption)`` gives
-    a figure's path and records it."""
-    from ..report.figures import bar_with_intervals, scatter_fit
-
-    target, bases, control_runs = split_runs(summaries, complex_run, controls)
-    c = result["composition"] = composition(target, bases, control_runs, n_boot, n_perm, seed,
-                                            progress)
-    fit = c["least_squares"]
-    names = c["bases"] + [f"{n} (control)" for n in c["controls"]]
-    alpha = fit["alpha"] + (fit["controls"]["alpha"] if control_runs else [])
-    ci = fit.get("alpha_ci") and fit["alpha_ci"] + (fit["controls"]["alpha_ci"]
-                                                    if control_runs else [])
-    gain = fit["shared_component"]["r2_gain"]
-    bar_with_intervals(names, alpha, ci or [[a, a] for a in alpha],
-                       figure(result, out, "composition_alpha.png",
-                              f"α of ΔAP({target['name']}) ≈ Σ α_j ΔAP(basic_j)"
-                              + (", controls included" if control_runs else "")
-                              + (", 95 % bootstrap intervals" if ci else "")),
-                       ylabel="α", title=f"R² = {fit['r2']:.3f}; gain over the shared "
-                                         f"component {gain:+.3f}")
-    fitted = bases + control_runs
-    X = np.stack([b["delta"].ravel() for b in fitted], 1)
-    scatter_fit(X @ np.array(alpha), target["delta"].ravel(),
-                figure(result, out, "composition_fit.png",
-                       "Each head: fitted vs measured ΔAP of the complex task"),
-                xlabel="Σ α_j ΔAP_j", ylabel=f"ΔAP {target['name']}")
 
 
 def _per_sample(s: dict):

@@ -1,7 +1,7 @@
-"""``headway analyze``: pattern files and tracked runs -> every figure of the three findings.
+"""``headway analyze``: pattern files and tracked runs -> the numbers of the three findings.
 
-Writes ``OUT/analysis.json`` (all numbers) and ``OUT/figures/*.png``; ``headway report OUT``
-turns them into one self-contained HTML file.
+Writes ``OUT/analysis.json`` (every number, and the paths of the patterns and runs it read);
+the figures and the HTML report are drawn from it by :mod:`headway.report`.
 
 - patterns (``--patterns``): concentration and top heads of each, heatmaps, task x task
   similarity (Pearson, Spearman, cosine, top-10 Jaccard) with a clustering order;
@@ -32,7 +32,7 @@ from ..errors import HeadwayError
 from ..patterns import ActivationPattern, pattern_paths
 from ..storage import atomic_write_json
 from . import fitting
-from .composition import composition_section
+from .composition import composition, split_runs
 
 # scoring's resume files beside a pattern (one process, or one per rank)
 _PARTIAL = re.compile(r"\.partial(-\d+-of-\d+)?\.safetensors$")
@@ -40,11 +40,6 @@ _PARTIAL = re.compile(r"\.partial(-\d+-of-\d+)?\.safetensors$")
 
 class AnalysisError(HeadwayError, ValueError):
     """Inputs that cannot be analysed together (e.g. an unknown --complex run)."""
-
-
-def _figure(result: dict, out: Path, name: str, caption: str) -> Path:
-    result["figures"].append({"path": f"figures/{name}", "caption": caption})
-    return out / "figures" / name
 
 
 # ---------------------------------------------------------------- inputs
@@ -159,7 +154,7 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
             ablation_modes: tuple[str, ...] = ("zero", "mean"),
             ablation_rows: int | None = None, progress: bool = True,
             controls: list[str] = ()) -> dict:
-    """Compute everything the inputs allow; write ``out/analysis.json`` and figures.
+    """Compute everything the inputs allow; write ``out/analysis.json``.
 
     ``controls``: runs (task names or folders, among ``runs``) of unrelated basic tasks that
     enter the composition fit of ``complex_run`` and are reported apart
@@ -172,44 +167,38 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
     is kept in ``out/.ablation/`` and reused by a rerun with the same settings. ``progress``:
     progress bars on stderr."""
     out = Path(out)
-    result: dict = {"figures": [], "inputs": {"patterns": list(patterns), "runs": list(runs)}}
+    result: dict = {"inputs": {"patterns": list(patterns), "runs": list(runs)}}
     loaded, ignored = load_patterns(patterns)
     if ignored:
         result["inputs"]["ignored"] = ignored
         print(f"headway analyze: ignoring {len(ignored)} --patterns paths that are not "
               f"pattern files: {', '.join(ignored[:3])}{', ...' if len(ignored) > 3 else ''}",
               file=sys.stderr)
-    _patterns_section(result, out, loaded, k)
+    _patterns_section(result, loaded, k)
     summaries = _run_summaries(runs)
-    _runs_section(result, out, summaries, k)
+    _runs_section(result, summaries, k)
     if controls and not complex_run:
         raise AnalysisError("--control needs --complex: a control enters the composition fit",
                             hint="name the complex run with --complex")
     if complex_run:
-        composition_section(result, out, summaries, complex_run, list(controls), n_boot,
-                            n_perm, seed, progress, _figure)
+        target, bases, control_runs = split_runs(summaries, complex_run, list(controls))
+        result["composition"] = composition(target, bases, control_runs, n_boot, n_perm, seed,
+                                            progress)
     if model and loaded:
         result["faithfulness"] = _faithfulness(model, loaded, k, n_random, seed,
                                                ablation_modes, ablation_rows,
                                                out / ".ablation", progress)
-        _faithfulness_figure(result, out, k, n_random)
     atomic_write_json(out / "analysis.json", result)
     return result
 
 
-def _patterns_section(result: dict, out: Path, loaded: dict, k: int) -> None:
-    """Concentration and top heads of each pattern; heatmaps; task x task similarity."""
-    from ..report.figures import heatmap_grid, matrix_figure
-
+def _patterns_section(result: dict, loaded: dict, k: int) -> None:
+    """Concentration and top heads of each pattern; task x task similarity."""
     result["patterns"] = {
         name: {"path": str(path), **stats.concentration(p.scores.numpy()),
                "n": p.meta.get("n_samples"), "model": p.meta.get("model", {}).get("name"),
                "top_heads": [f"{l}.{h}" for l, h, _ in p.top_heads(k)]}
         for name, (path, p) in loaded.items()}
-    if loaded:
-        heatmap_grid({n: p.scores.numpy() for n, (_, p) in loaded.items()},
-                     _figure(result, out, "patterns.png", "Activation pattern of each task "
-                             "(layers x heads)"))
     if len(loaded) < 2:
         return
     arrays = {n: p.scores.numpy() for n, (_, p) in loaded.items()}
@@ -221,15 +210,10 @@ def _patterns_section(result: dict, out: Path, loaded: dict, k: int) -> None:
     result["similarity"] = {"names": names, "cluster_order": [names[i] for i in order],
                             **{m: s.tolist() for m, s in sims.items()},
                             f"jaccard_top{k}": jac.tolist()}
-    matrix_figure(sims["pearson"][np.ix_(order, order)], [names[i] for i in order],
-                  _figure(result, out, "similarity.png", "Task x task Pearson correlation "
-                          "of activation patterns, in clustering order"))
 
 
-def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> None:
-    """ΔAP, dynamics and parameter change of each tracked run, with its figures."""
-    from ..report.figures import heatmap, heatmap_grid, trajectory_figure
-
+def _runs_section(result: dict, summaries: list[dict], k: int) -> None:
+    """ΔAP, dynamics and parameter change of each tracked run."""
     result["runs"] = {}
     for s in summaries:
         d = s["trajectory"]["probes"][s["probe"]]["dynamics"]
@@ -248,36 +232,6 @@ def _runs_section(result: dict, out: Path, summaries: list[dict], k: int) -> Non
                 "mean": float(np.nanmean(attn)), "max": float(np.nanmax(attn)),
                 **fitting.change_concentration(attn, s["delta"])},
             "top_delta_heads": _top_abs(s["delta"], k)}
-        heatmap_grid({"before": s["before"].scores.numpy(), "after": s["after"].scores.numpy()},
-                     _figure(result, out, f"run_{s['name']}_ap.png",
-                             f"{s['name']}: pattern before and after SFT"))
-        heatmap(s["delta"], _figure(result, out, f"run_{s['name']}_delta.png",
-                                    f"{s['name']}: ΔAP = AP(after) − AP(before)"),
-                title=f"ΔAP {s['name']}", diverging=True, label="ΔAP")
-        trajectory_figure(s["trajectory"], _figure(result, out, f"run_{s['name']}_dynamics.png",
-                                                   f"{s['name']}: loss, pattern change and "
-                                                   f"parameter change over steps"),
-                          title=s["name"])
-
-
-def _faithfulness_figure(result: dict, out: Path, k: int, n_random: int) -> None:
-    """Bars of the top-k loss increase against the random-k reference, per pattern and mode."""
-    from ..report.figures import bar_with_intervals
-
-    f = {n: v for n, v in result["faithfulness"].items() if "skipped" not in v}
-    if not f:
-        return
-    names = [f"{n} ({m})" for n in f for m in f[n]]
-    label = next(iter(next(iter(f.values())).values()))["random_interval"]["label"]
-    bar_with_intervals(
-        names, [f[n][m]["top_increase"] for n in f for m in f[n]],
-        [[f[n][m]["top_increase"]] * 2 for n in f for m in f[n]],
-        _figure(result, out, "faithfulness.png", f"Loss increase when ablating the top-{k} "
-                f"heads (bars) vs {n_random} draws of {k} random heads outside the top {k} "
-                f"(grey: mean and {label})"),
-        ylabel="Δ loss (nats)", title="ablation", label=f"top-{k} heads",
-        reference=[(f[n][m]["random_increase_mean"], f[n][m]["random_interval"]["low"],
-                    f[n][m]["random_interval"]["high"]) for n in f for m in f[n]])
 
 
 def _top_abs(delta: np.ndarray, k: int) -> list[str]:

@@ -11,17 +11,19 @@ from .common import load_task
 def analyze(args: AnalyzeArgs) -> int:
     """Patterns and runs -> ``OUTPUT_DIR/analysis.json`` and figures."""
     from ..analysis.findings import analyze as analyze_findings
+    from ..report.static import analysis_figures
     from ..storage import check_writable
 
     if args.random_draws < 1:
         raise SettingsError(f"--random-draws is {args.random_draws}: at least 1 random head set")
     check_writable(args.output_dir)
-    result = analyze_findings(Path(args.output_dir), patterns=args.patterns, runs=args.runs,
+    analyze_findings(Path(args.output_dir), patterns=args.patterns, runs=args.runs,
                               complex_run=args.complex, model=args.model, k=args.k,
                               n_random=args.random_draws, n_boot=args.bootstrap,
                               n_perm=args.permutations, seed=args.seed, progress=args.progress,
                               controls=args.control)
-    print(f"wrote {args.output_dir}/analysis.json and {len(result['figures'])} figures; "
+    figures = analysis_figures(args.output_dir, redraw=True)
+    print(f"wrote {args.output_dir}/analysis.json and {len(figures)} figures; "
           f"`headway report {args.output_dir}` makes the HTML report")
     return 0
 
@@ -39,6 +41,7 @@ def report(args: ReportArgs) -> int:
 def compare(args: CompareArgs) -> int:
     """Both models' patterns on the same rows, their ΔAP and the heads gained and lost."""
     from ..analysis.compare import compare as compare_models
+    from ..report.static import compare_figures
 
     task = load_task(args)
     out = Path(args.output or f"runs/compare-{task.name}")
@@ -47,6 +50,7 @@ def compare(args: CompareArgs) -> int:
                              device=args.device, progress=args.progress,
                              template=args.template, max_length=args.max_length,
                              overlong=args.overlong)
+    compare_figures(out, redraw=True)
     a, b = summary["names"]
     print(f"{task.name}: {a} -> {b}: Gini {summary['a']['gini']:.3f} -> {summary['b']['gini']:.3f}"
           f", CV {summary['a']['cv']:.3f} -> {summary['b']['cv']:.3f}; Pearson "

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 from ..storage import atomic_write_bytes
+from .data import read_json
+from .static import analysis_figures, compare_figures
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -120,7 +122,7 @@ def write_experiment_report(folder: str | Path, path: str | Path | None = None) 
 def write_compare_report(folder: str | Path, path: str | Path | None = None) -> Path:
     """Write ``folder/report.html`` (or ``path``) from ``headway compare``'s ``compare.json``."""
     folder = Path(folder)
-    c = json.loads((folder / "compare.json").read_text())
+    c = read_json(folder / "compare.json", "compare.json")
     a, b = c["names"]
     models = [m.get("name", "?") if m else "?" for m in c["models"]]
     out = ["<!doctype html><html><head><meta charset='utf-8'>",
@@ -139,7 +141,7 @@ def write_compare_report(folder: str | Path, path: str | Path | None = None) -> 
                   [["kept", " ".join(c["kept"]) or "-"], ["gained", " ".join(c["gained"]) or "-"],
                    ["lost", " ".join(c["lost"]) or "-"],
                    ["largest |ΔAP|", " ".join(c["largest_delta"])]]),
-           *(_image(folder / f["path"], f["caption"]) for f in c.get("figures", [])),
+           *(_image(folder / f["path"], f["caption"]) for f in compare_figures(folder)),
            "</body></html>"]
     return atomic_write_bytes(Path(path) if path else folder / "report.html",
                               "\n".join(out).encode())
@@ -156,8 +158,8 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
     analysis_file = folder / "analysis.json"
     if not analysis_file.is_file():
         raise FileNotFoundError(f"no analysis.json in {folder}; run `headway analyze` first")
-    a = json.loads(analysis_file.read_text())
-    figs = a.get("figures", [])
+    a = read_json(analysis_file, "analysis.json")
+    figs = analysis_figures(folder)
     out = ["<!doctype html><html><head><meta charset='utf-8'>",
            "<title>headway report</title>", f"<style>{STYLE}</style></head><body>",
            "<h1>Attention-head activation patterns</h1>",

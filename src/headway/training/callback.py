@@ -45,6 +45,7 @@ from ..stats import concentration
 from ..storage import atomic_save_tensors, atomic_write_json
 from .heads import HeadWeights
 from .records import read_metrics, truncate_metrics
+from .weight_change import relative_change
 
 
 @dataclass
@@ -292,7 +293,7 @@ class PatternCallback(TrainerCallback):
             if first is not None:
                 logs[f"headway/{probe.name}/delta_norm"] = float((scores - first).norm())
         if self.initial is not None and (self.is_main or self.sharded):
-            change = weights.relative_change(self.initial)
+            change = relative_change(weights, self.initial)
         if self.is_main and self.initial is not None:
             atomic_save_tensors(self.run_dir / "param_change" / f"{tag}.safetensors", change)
             entry["param_change"] = {"attn_mean": float(change["attn"].nanmean()),

@@ -161,13 +161,6 @@ class HeadWeights:
                     out[f"{layer}.mlp{i}"] = effective_weight(m).detach().float().cpu().clone()
         return out
 
-    def relative_change(self, initial) -> dict[str, torch.Tensor]:
-        """‖W_t − W_0‖_F / ‖W_0‖_F per head and role (``[L, H]``) and per layer for the MLP
-        (``[L]``): see :func:`headway.training.weight_change.relative_change`. ``initial``: a
-        :meth:`snapshot` or a :class:`~headway.training.weight_change.StartWeights`."""
-        from .weight_change import relative_change
-
-        return relative_change(self, initial)
 
 
 class HeadSelection:
