@@ -37,7 +37,6 @@ def main() -> None:
                                                    "(default: random scores)")
     args = p.parse_args()
 
-    from headway.analysis.ablation import ablated, mean_loss
     from headway.analysis.head_sets import (
         head_set_losses,
         layers_run,
@@ -49,6 +48,8 @@ def main() -> None:
     from headway.models.architectures import head_geometry
     from headway.models.loading import load_model
     from headway.patterns import ActivationPattern
+    from headway.scoring.hooks import ablated
+    from headway.scoring.loss import mean_loss
 
     lm = load_model(args.model)
     model = lm.model.eval()

@@ -11,15 +11,15 @@ from tiny_models import tiny_model
 from headway import stats
 from headway.analysis import fitting
 from headway.analysis.ablation import (
-    ablated,
     faithfulness,
     head_means,
-    mean_loss,
     permutation_p,
     random_interval,
 )
 from headway.analysis.head_sets import head_set_losses, layers_run, top_and_random_sets
 from headway.models.architectures import decoder_layers
+from headway.scoring.hooks import ablated
+from headway.scoring.loss import mean_loss
 
 
 def test_exact_nonnegative_combination_is_recovered():
