@@ -16,7 +16,7 @@ Every figure is measured in this one run, all runs full fine-tuning, float32, ba
    tracker measured itself (manifest ``tracking_seconds``).
 4. Tracker memory: bytes it holds between records (``StartWeights.nbytes``; 0 when W_0 is
    read memory-mapped from the checkpoint) plus the peak of bytes allocated while computing
-   one parameter-change record (``relative_change(HeadWeights(model), start)``, from the
+   one parameter-change record (``relative_change(resolve(model), start)``, from the
    profiler's allocator events), against the model's weight bytes. Target: <= 10 %.
    Storages that map the checkpoint file (safetensors' ``safe_open``) are reported apart:
    they are file-backed address space, of which only the pages read become (page cache)
@@ -45,10 +45,10 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
+from headway.models.architectures import resolve
 from headway.models.loading import load_model
 from headway.progress import quiet_hf_progress
 from headway.training.callback import log_schedule
-from headway.training.heads import HeadWeights
 from headway.training.trainer import (
     TrainConfig,
     _checkpointing_field,
@@ -163,7 +163,7 @@ def tracker_memory(model: str) -> dict:
 
     lm = load_model(model)  # as run_train: float32, then W_0 from the model's own files
     start = start_weights(lm.model, lm.path)
-    weights = HeadWeights(lm.model)
+    weights = resolve(lm.model)
     mapped = {Path(path).stat().st_size for path, _ in start.files.values()}
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         relative_change(weights, start)

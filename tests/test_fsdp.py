@@ -17,10 +17,11 @@ from launch import run
 from safetensors.torch import load_file
 
 from headway.data.tasks import load_task
+from headway.models.architectures import resolve
 from headway.models.loading import load_model, pad_id
 from headway.patterns import ActivationPattern
 from headway.scoring.score import score_encoded
-from headway.training.heads import HeadSelection, HeadWeights
+from headway.training.heads import HeadSelection
 from headway.training.records import read_metrics
 from headway.training.trainer import _task_spec, build_probes, load_config
 from headway.training.weight_change import StartWeights, relative_change
@@ -91,7 +92,7 @@ def test_fsdp2_tracking_equals_ddp_and_the_weights_it_ran_on(model_dir, tmp_path
     out = score_encoded(final.model, probe.encoded, final.n_layers, final.n_heads,
                         pad_id(final.tokenizer), batch_size=8, progress=False)
     assert rel(out["per_sample"], pattern.per_sample) <= 1e-5
-    weights = HeadWeights(final.model)
+    weights = resolve(final.model)
     expected = relative_change(weights, StartWeights.from_folder(model_dir, weights))
     assert max_abs(expected, change) <= 1e-6
     assert float(change["attn"].min()) > 0  # every head moves (LoRA: in q and v)

@@ -121,10 +121,11 @@ def test_padding_to_fixed_length_does_not_change_scores():
 def test_unsupported_architecture_names_class_and_fix():
     import transformers as tf
 
-    model = tf.BloomForCausalLM(tf.BloomConfig(vocab_size=50, hidden_size=16, n_layer=1,
-                                               n_head=2))
-    with pytest.raises(ModelError, match=r"BloomForCausalLM.*'bloom'.*ARCHITECTURES"):
+    model = tf.MambaForCausalLM(tf.MambaConfig(vocab_size=50, hidden_size=16,
+                                               num_hidden_layers=1))
+    with pytest.raises(ModelError, match=r"MambaForCausalLM.*'mamba'.*attention heads") as err:
         head_geometry(model)
+    assert "register_architecture('mamba'" in err.value.hint
 
 
 def test_unknown_convention_and_method():

@@ -160,12 +160,12 @@ def test_train_cli_yaml_and_overrides(model_dir, tmp_path, capsys):
 def test_relative_change_per_head_with_grouped_query_attention():
     """Perturb key/value head 1 of layer 0 only: the change shows on query heads 2 and 3
     (its group), in k alone, nowhere else."""
-    from headway.training.heads import HeadWeights
-    from headway.training.weight_change import relative_change
+    from headway.models.architectures import resolve
+    from headway.training.weight_change import relative_change, snapshot
 
     model = tiny_model("llama")
-    weights = HeadWeights(model)
-    initial = weights.snapshot()
+    weights = resolve(model)
+    initial = snapshot(weights)
     with torch.no_grad():
         model.model.layers[0].self_attn.k_proj.weight[8:16] *= 1.5
     change = relative_change(weights, initial)

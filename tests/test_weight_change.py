@@ -6,20 +6,25 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from headway.training.heads import HeadWeights
-from headway.training.weight_change import StartWeights, relative_change, start_weights
+from headway.models.architectures import resolve
+from headway.training.weight_change import (
+    StartWeights,
+    relative_change,
+    snapshot,
+    start_weights,
+)
 
 
 def test_start_read_from_files_gives_the_same_change_as_a_copy_and_holds_nothing(llama_dir):
     model = AutoModelForCausalLM.from_pretrained(llama_dir)
-    weights = HeadWeights(model)
+    weights = resolve(model)
     from_files = start_weights(model)  # name_or_path is the folder
     assert from_files.source == str(llama_dir) and from_files.nbytes == 0
-    snapshot = weights.snapshot()  # the old float32 copy, for comparison
+    copy = snapshot(weights)  # a float32 copy, for comparison
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    a, b = relative_change(weights, from_files), relative_change(weights, snapshot)
+    a, b = relative_change(weights, from_files), relative_change(weights, copy)
     for key in ("q", "k", "v", "o", "attn", "mlp"):
         torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=0)
     assert float(a["attn"].min()) > 0
@@ -33,30 +38,28 @@ def test_a_model_changed_after_loading_is_copied_and_a_lost_start_is_none(llama_
     start = start_weights(model)  # the files no longer hold these weights
     assert start.source == "memory" and start.nbytes > 0
     assert start_weights(model, folder="/nonexistent", now_is_start=False) is None
-    assert isinstance(StartWeights.from_folder(llama_dir, HeadWeights(model)), StartWeights)
+    assert isinstance(StartWeights.from_folder(llama_dir, resolve(model)), StartWeights)
 
 
 @pytest.mark.parametrize("role, transposed", [("q", False), ("k", False), ("o", False),
                                               ("o", True)])
 def test_per_head_norms_of_any_row_split_add_up_to_the_whole(role, transposed):
-    """A sharded weight's per-head norms are summed over processes: any split of its rows
-    (uneven, an empty one, splits inside a head) must add up to the whole weight's norms.
-    4 query heads of 8 dims, 2 key/value heads (grouped-query); o as nn.Linear ([out, H*d])
-    and as GPT-2's Conv1D ([H*d, out], heads along the rows)."""
-    from types import SimpleNamespace
+    """A sharded weight's per-head norms are summed over processes: any split of its stored
+    rows (uneven, an empty one, splits inside a head) must add up to the whole weight's norms.
+    4 query heads of 8 dims, 2 key/value heads (grouped-query); o as nn.Linear ([out, H*d],
+    heads along the columns) and as GPT-2's Conv1D ([H*d, out], heads along the rows)."""
+    from headway.training.weight_change import per_head_sq
 
-    from transformers.pytorch_utils import Conv1D
-
-    from headway.training.weight_change import _per_head
-
-    geometry = SimpleNamespace(n_heads=4, head_dim=8, group=2)
+    heads = torch.arange(4)
+    unit = heads if role in "qo" else heads // 2
+    index = unit[:, None] * 8 + torch.arange(8)  # [H, d]
     rows = {"q": 32, "k": 16, "o": 32 if transposed else 24}[role]
     cols = 24 if role in "qk" or transposed else 32
-    module = Conv1D(24, 32) if transposed else torch.nn.Linear(cols, rows, bias=False)
+    along_rows = role != "o" or transposed
     w = torch.randn(rows, cols)
-    whole = _per_head(w, 0, role, geometry, module)
+    whole = per_head_sq(w, 0, rows, index, along_rows)
     bounds = [0, 3, 3, 13, 16, rows]  # uneven, one empty, boundaries inside heads
-    pieces = sum(_per_head(w[a:b], a, role, geometry, module)
+    pieces = sum(per_head_sq(w[a:b], a, rows, index, along_rows)
                  for a, b in zip(bounds, bounds[1:]))
     torch.testing.assert_close(pieces, whole, rtol=1e-6, atol=0)
     if role == "k":  # one norm per key/value head, shared by its 2 query heads

@@ -35,6 +35,7 @@ _EXPORTS = {
     "trajectory": "training.trajectory",
     "compare": "analysis.compare",
     "load_model": "models.loading",
+    "register_architecture": "models.architectures",
     "as_task": "data.user",
     "HeadwayError": "errors",
 }

@@ -1,5 +1,6 @@
 """Head adapters merged into the model they were trained on: an adapter saved alone
-(``head_adapter.safetensors``) and Trainer checkpoints of head-adapter training (``*.base_layer.weight`` + ``*.delta`` + ``*.index``)."""
+(``head_adapter.safetensors``) and Trainer checkpoints of head-adapter training
+(``*.base_layer.weight`` + ``*.delta`` + ``*.index`` + ``*.rows``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .architectures import is_transposed_linear
 
 HEAD_ADAPTER_FILE = "head_adapter.safetensors"
 HEAD_ADAPTER_CONFIG = "head_adapter.json"
@@ -33,16 +35,27 @@ def merge_head_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
     return model
 
 
+def add_delta(weight: torch.Tensor, delta: torch.Tensor, index: torch.Tensor, along: str,
+              transposed: bool) -> None:
+    """``weight`` (as stored: ``[out, in]``, or ``[in, out]`` for GPT-2's Conv1D) += ``delta``
+    on the output features (``along="rows"``, delta ``[len(index), in]``) or input features
+    (``"cols"``, delta ``[out, len(index)]``) of ``index``, in place."""
+    delta = delta.to(device=weight.device, dtype=weight.dtype)
+    if transposed:
+        delta = delta.T
+    if (along == "rows") != transposed:
+        weight[index] += delta
+    else:
+        weight[:, index] += delta
+
+
 def _apply_deltas(model: nn.Module, modules: dict, tensors: dict) -> None:
     with torch.no_grad():
         for name, spec in modules.items():
-            weight = model.get_submodule(name).weight
-            delta = tensors[f"{name}.delta"].to(weight)
-            index = torch.tensor(spec["index"], dtype=torch.long)
-            if spec["along"] == "rows":
-                weight[index] += delta
-            else:
-                weight[:, index] += delta
+            module = model.get_submodule(name)
+            add_delta(module.weight, tensors[f"{name}.delta"],
+                      torch.tensor(spec["index"], dtype=torch.long), spec["along"],
+                      is_transposed_linear(module))
 
 
 def _weight_keys(folder: Path) -> list[str]:
@@ -71,15 +84,16 @@ def merge_head_checkpoint(model: nn.Module, folder: Path) -> nn.Module:
     with torch.no_grad():
         for key in [k for k in tensors if k.endswith(".delta")]:
             name = key[: -len(".delta")]
-            weight = model.get_submodule(name).weight
+            module = model.get_submodule(name)
             base, delta = tensors[f"{name}.base_layer.weight"], tensors[key]
             index = tensors[f"{name}.index"].long()
-            merged = base.to(weight).clone()
-            if delta.shape[0] == index.numel() and delta.shape[1] == merged.shape[1]:
-                merged[index] += delta.to(weight)  # rows (q, k, v)
-            else:
-                merged[:, index] += delta.to(weight)  # columns (o)
-            weight.copy_(merged)
+            rows = tensors.get(f"{name}.rows")
+            if rows is None:  # checkpoints before the flag: rows are [len(index), in]
+                rows = delta.shape[0] == index.numel() and delta.shape[1] == base.shape[1]
+            merged = base.to(module.weight).clone()
+            add_delta(merged, delta, index, "rows" if bool(rows) else "cols",
+                      is_transposed_linear(module))
+            module.weight.copy_(merged)
     return model
 
 

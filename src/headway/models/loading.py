@@ -31,6 +31,7 @@ from .adapters import (
     merge_head_checkpoint,
 )
 from .architectures import (
+    check_config,
     head_geometry,
     unwrap_model,
 )
@@ -223,9 +224,10 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
         check_hub_id(name)
         path, rev, where = name, revision or "main", name
     local = Path(str(path)).is_dir()  # hub downloads keep their progress bars
+    kwargs = {"revision": revision} if revision and not local else {}
+    check_family(path, trust_remote_code, kwargs)  # from config.json, before any weight
     if local:
         check_weight_files(Path(path))
-    kwargs = {"revision": revision} if revision and not local else {}
     placement = {**placement_kwargs(device_map, offload_folder), **_quantization(quantization, dtype)}
     try:
         with quiet_hf_progress() if local else contextlib.nullcontext():
@@ -257,6 +259,22 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
     n_layers, n_heads, head_dim = head_geometry(model)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=where, revision=rev,
                        n_layers=n_layers, n_heads=n_heads, head_dim=head_dim, info=info)
+
+
+def check_family(path, trust_remote_code: bool = False, kwargs: dict | None = None) -> None:
+    """Refuse a family headway cannot find the heads of from its ``config.json`` alone (a
+    folder's, or a hub id's, which is all that is downloaded), before any weight is read
+    (:func:`~headway.models.architectures.check_config`). A config that cannot be read is
+    left to ``from_pretrained`` to report."""
+    from transformers import AutoConfig
+
+    try:
+        with quiet_hf_progress():
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                **(kwargs or {}))
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return
+    check_config(config)
 
 
 def _quantization(quantization: str | None, dtype) -> dict:

@@ -67,6 +67,18 @@ def sum_over_processes(t: torch.Tensor, device: torch.device | str | None = None
     return t
 
 
+def max_over_processes(t: torch.Tensor, device: torch.device | str | None = None
+                       ) -> torch.Tensor:
+    """The elementwise maximum of ``t`` over all processes (``t`` for one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        work = t.to(device) if device is not None else t.clone()
+        dist.all_reduce(work, op=dist.ReduceOp.MAX)
+        return work.to(t.device)
+    return t
+
+
 def fsdp_on_cpu(trainer, plugin=None) -> None:
     """Make ``trainer`` (a Hugging Face ``Trainer`` not yet trained) shard its model with
     FSDP2 on CPU processes. Accelerate enables FSDP only on accelerators; everything after

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import HeadwayError
+from ..models.architectures import text_config, unwrap_model
 from .hooks import head_gates
 from .loss import response_token_losses
 
@@ -94,15 +95,24 @@ def _weight_dtype(model: nn.Module) -> torch.dtype:
 
 @contextlib.contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Switch the model to eager attention (which can return Γ) and back."""
-    previous = model.config._attn_implementation
-    if previous != "eager":
-        model.set_attn_implementation("eager")
+    """Switch the model to eager attention (which can return Γ) and back. Some families
+    (Falcon) keep SDPA through ``set_attn_implementation``; their configs are switched
+    directly, so that the attention mask is built for the eager kernel too."""
+    model = unwrap_model(model)
+    configs = list({id(c): c for c in (model.config, text_config(model.config))}.values())
+    previous = [c._attn_implementation for c in configs]
+    if all(p == "eager" for p in previous):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    for config in configs:
+        config._attn_implementation = "eager"
     try:
         yield
     finally:
-        if previous != "eager":
-            model.set_attn_implementation(previous)
+        model.set_attn_implementation(previous[0])
+        for config, value in zip(configs, previous):
+            config._attn_implementation = value
 
 
 def reference_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):

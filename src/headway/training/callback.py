@@ -38,12 +38,12 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from ..models.architectures import resolve
 from ..models.sharding import is_sharded
 from ..patterns import ActivationPattern, pattern_meta
 from ..scoring.score import score_encoded
 from ..stats import concentration
 from ..storage import atomic_save_tensors, atomic_write_json
-from .heads import HeadWeights
 from .records import read_metrics, truncate_metrics
 from .weight_change import relative_change
 
@@ -188,7 +188,7 @@ class PatternCallback(TrainerCallback):
         from .weight_change import StartWeights, start_weights
 
         if isinstance(self.initial, (str, Path)):
-            self.initial = StartWeights.from_folder(self.initial, HeadWeights(model))
+            self.initial = StartWeights.from_folder(self.initial, resolve(model))
         elif self.initial is None:
             self.initial = start_weights(model, now_is_start=now_is_start)
         if self.initial is None and self.is_main:
@@ -269,11 +269,11 @@ class PatternCallback(TrainerCallback):
             return None
         self.done.add(step)
         start = time.perf_counter()
-        weights = HeadWeights(model)
+        heads = resolve(model)
         entry, logs = {"kind": "probe", "step": step, "probes": {}}, {}
         tag = f"step_{step:06d}"
         for probe in self.probes:
-            out = score_encoded(model, probe.encoded, weights.n_layers, weights.n_heads,
+            out = score_encoded(model, probe.encoded, heads.n_layers, heads.n_heads,
                                 _pad_id(self.tokenizer), batch_size=probe.settings["batch_size"],
                                 progress=False)
             scores = out["per_sample"].abs().mean(0)
@@ -293,7 +293,7 @@ class PatternCallback(TrainerCallback):
             if first is not None:
                 logs[f"headway/{probe.name}/delta_norm"] = float((scores - first).norm())
         if self.initial is not None and (self.is_main or self.sharded):
-            change = relative_change(weights, self.initial)
+            change = relative_change(heads, self.initial)
         if self.is_main and self.initial is not None:
             atomic_save_tensors(self.run_dir / "param_change" / f"{tag}.safetensors", change)
             entry["param_change"] = {"attn_mean": float(change["attn"].nanmean()),

@@ -24,67 +24,68 @@ from torch import nn
 
 from ..models.adapters import HEAD_ADAPTER_CONFIG as ADAPTER_CONFIG
 from ..models.adapters import HEAD_ADAPTER_FILE as ADAPTER_FILE
-from ..models.architectures import _get, is_transposed_linear
-from .heads import HeadWeights
+from ..models.adapters import add_delta
+from ..models.architectures import (
+    in_features,
+    is_transposed_linear,
+    out_features,
+    resolve,
+)
+from ..models.sharding import local_rows
+from .heads import selected_slices
+from .weight_change import Tracked, current_value
 
 
 class HeadDelta(nn.Module):
-    """A linear layer plus a trainable delta on some of its output rows (q/k/v) or input
-    columns (o). The base layer is kept as it is (frozen)."""
+    """A linear layer plus a trainable float32 delta on some of its output features (q/k/v
+    rows) or input features (o columns), whatever the base's dtype (bf16, or a 4-bit / 8-bit
+    base, as PEFT keeps its adapters): the input is cast to float32 for the delta and the sum
+    comes back in the output's dtype. The base layer is kept as it is (frozen)."""
 
     def __init__(self, base: nn.Module, index: list[int], along: str):
         super().__init__()
-        if is_transposed_linear(base):
-            raise ValueError("head adapters support nn.Linear projections (not GPT-2's Conv1D)")
         self.base_layer = base
         self.along = along  # "rows" (output features) or "cols" (input features)
         # saved with the checkpoint, so that a checkpoint can be merged on load
         self.register_buffer("index", torch.tensor(index, dtype=torch.long))
-        weight = base.weight
-        shape = (len(index), weight.shape[1]) if along == "rows" else (weight.shape[0], len(index))
-        self.delta = nn.Parameter(torch.zeros(shape, dtype=weight.dtype, device=weight.device))
+        self.register_buffer("rows", torch.tensor(along == "rows"))
+        shape = ((len(index), in_features(base)) if along == "rows"
+                 else (out_features(base), len(index)))
+        device = next(base.parameters()).device
+        self.delta = nn.Parameter(torch.zeros(shape, dtype=torch.float32, device=device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
+        x = x.to(self.delta.dtype)
         if self.along == "rows":
             return out.index_add(-1, self.index, F.linear(x, self.delta).to(out.dtype))
         return out + F.linear(x.index_select(-1, self.index), self.delta).to(out.dtype)
 
-    def merged_weight(self) -> torch.Tensor:
-        weight = self.base_layer.weight.detach().clone()
-        if self.along == "rows":
-            weight[self.index] += self.delta.detach().to(weight.dtype)
-        else:
-            weight[:, self.index] += self.delta.detach().to(weight.dtype)
+    def merged_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Base weight + delta, as the base stores it (``[in, out]`` for a Conv1D), in
+        ``dtype`` (default the base weight's)."""
+        weight = self.base_layer.weight.detach().to(dtype or self.base_layer.weight.dtype,
+                                                    copy=True)
+        add_delta(weight, self.delta.detach(), self.index, self.along,
+                  is_transposed_linear(self.base_layer))
         return weight
 
-
-def _targets(weights: HeadWeights, heads: list[tuple[int, int]]) -> dict[tuple[int, str], list]:
-    """(layer, role) -> the rows (q/k/v) or columns (o) the selected heads own."""
-    d, out = weights.head_dim, {}
-    for layer, head in heads:
-        for role in "qkv":
-            rows = weights.rows(role, head)
-            out.setdefault((layer, role), set()).update(range(rows.start, rows.stop))
-        out.setdefault((layer, "o"), set()).update(range(head * d, (head + 1) * d))
-    return {key: sorted(value) for key, value in out.items()}
 
 
 def add_head_adapter(model: nn.Module, heads: list[tuple[int, int]]) -> int:
     """Freeze ``model`` and give the selected heads' projections trainable deltas (in place);
-    return the number of trainable entries."""
-    weights = HeadWeights(model)
-    if not weights.has_qkv:
-        weights.module(0, "q")  # raises the clear error for fused projections
-    for p in weights.model.parameters():
+    return the number of trainable entries. A fused q/k/v projection gets one delta over the
+    union of the selected heads' q, k and v rows."""
+    slices = selected_slices(model, heads)
+    inner = resolve(model).model
+    for p in inner.parameters():
         p.requires_grad_(False)
+    names = {id(m): name for name, m in inner.named_modules()}
     n = 0
-    for (layer, role), index in _targets(weights, heads).items():
-        path = weights.arch.out_proj if role == "o" else weights.arch.qkv["qkv".index(role)]
-        parent_path, _, leaf = path.rpartition(".")
-        parent = _get(weights.layers[layer], parent_path) if parent_path else weights.layers[layer]
-        wrapped = HeadDelta(getattr(parent, leaf), index, "cols" if role == "o" else "rows")
-        setattr(parent, leaf, wrapped)
+    for module, (along, index) in slices.items():
+        parent_name, _, leaf = names[id(module)].rpartition(".")
+        wrapped = HeadDelta(module, index, along)
+        setattr(inner.get_submodule(parent_name) if parent_name else inner, leaf, wrapped)
         n += wrapped.delta.numel()
     model.headway_heads = list(heads)
     return n
@@ -96,12 +97,10 @@ def _deltas(model: nn.Module) -> dict[str, HeadDelta]:
 
 def merge(model: nn.Module) -> nn.Module:
     """Put every delta into its base weight and the plain layers back (in place)."""
-    from ..models.sharding import local_rows
-    from .weight_change import local_weight
-
     for name, module in _deltas(model).items():  # sharded: every process merges its rows
         with torch.no_grad():
-            local_rows(module.base_layer.weight)[0].copy_(local_weight(module)[0])
+            value, _ = current_value(Tracked(module, "weight", name, 0))
+            local_rows(module.base_layer.weight)[0].copy_(value)
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, module.base_layer)
     return model

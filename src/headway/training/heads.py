@@ -1,11 +1,9 @@
-"""Attention heads as parameters: which weights belong to a head, how much they moved, and
-training only some heads.
+"""Attention heads as parameters: which heads to train, the weight a (LoRA- or head-adapted)
+projection applies, and training only some heads by masks.
 
-Head h of layer l owns (``d`` = head_dim, ``g`` = n_heads / n_kv_heads query heads per
-key/value head):
-    q_proj rows  h*d:(h+1)*d                      (and those bias entries)
-    k_proj, v_proj rows  (h//g)*d:(h//g+1)*d      shared by the g query heads of its group
-    o_proj columns  h*d:(h+1)*d                   (rows for GPT-2's Conv1D, stored [in, out])
+Head h of layer l owns (:meth:`headway.models.architectures.ModelHeads.rows`): its rows of the
+q projection, the rows of its key/value head in the k and v projections (separate, fused or
+MLA's ``kv_b_proj``), and its columns h*d:(h+1)*d of the output projection.
 
 Grouped-query rule for head-selective training: a key/value head is trained when *any* query
 head of its group is selected, so a selected head can adapt its keys and values; it then also
@@ -21,15 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
-from ..models.architectures import (
-    _get,
-    architecture,
-    decoder_layers,
-    head_geometry,
-    is_transposed_linear,
-    unwrap_model,
-)
+from ..models.architectures import ModelHeads, is_transposed_linear, resolve
 
 
 def parse_heads(spec: Iterable[str] | str, n_layers: int, n_heads: int) -> list[tuple[int, int]]:
@@ -69,98 +59,56 @@ def _is_lora(module: nn.Module) -> bool:
 
 
 def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the module applies: for a PEFT LoRA layer, base + the active adapters' delta;
-    for a head adapter (:class:`~headway.training.head_adapter.HeadDelta`), base + its delta."""
+    """The weight the module applies, as stored: for a PEFT LoRA layer, base + the active
+    adapters' delta; for a head adapter (:class:`~headway.training.head_adapter.HeadDelta`),
+    base + its delta, in float32 (a small delta on a bfloat16 base would round away)."""
     if hasattr(module, "merged_weight"):
-        return module.merged_weight()
+        return module.merged_weight(torch.float32)
     if _is_lora(module):
-        weight = module.base_layer.weight
+        weight = module.base_layer.weight.float()
         for name in module.active_adapters:
             if name in module.lora_A:
-                weight = weight + module.get_delta_weight(name)
+                weight = weight + module.get_delta_weight(name).float()
         return weight
     return module.weight
 
 
-def _weight_modules(root: nn.Module) -> list[nn.Module]:
-    """Leaf modules with a 2-D weight under ``root`` (LoRA layers count as one)."""
-    skip, found = set(), []
-    for m in root.modules():
-        if id(m) in skip:
-            continue
-        if _is_lora(m):
-            found.append(m)
-            skip.update(id(c) for c in m.modules())
-        elif isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2 \
-                and not any(True for _ in m.children()):
-            found.append(m)
-    return found
+def head_index(heads: ModelHeads, role: str, selected: Iterable[int]) -> list[int]:
+    """The rows (q/k/v: output features) or columns (o: input features) of ``role``'s
+    projection that the ``selected`` query heads own, sorted, each once."""
+    rows = heads.rows(role)
+    return sorted({int(i) for h in selected for i in rows[h]})
 
 
-class HeadWeights:
-    """Per-layer handles on the q/k/v/o projections and MLP of a model."""
+def selected_slices(model: nn.Module, chosen: list[tuple[int, int]]
+                    ) -> dict[nn.Module, tuple[str, list[int]]]:
+    """``{projection: (along, index)}`` for the chosen ``(layer, head)`` pairs: ``along`` is
+    ``"rows"`` (output features, q/k/v) or ``"cols"`` (input features, o); a fused projection
+    gets the union of its q, k and v rows."""
+    heads = resolve(model)
+    if not heads.has_qkv:
+        heads.projection(0, "q")  # raises the clear error
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in chosen:
+        by_layer.setdefault(layer, []).append(head)
+    out: dict[nn.Module, tuple[str, list[int]]] = {}
+    for layer, selected in sorted(by_layer.items()):
+        for role in "qkvo":
+            module = heads.projection(layer, role)
+            along = "cols" if role == "o" else "rows"
+            index = head_index(heads, role, selected)
+            if module in out:
+                index = sorted(set(out[module][1]) | set(index))
+            out[module] = (along, index)
+    return out
 
-    def __init__(self, model: nn.Module):
-        self.model = unwrap_model(model)
-        self.arch = architecture(self.model)
-        self.n_layers, self.n_heads, self.head_dim = head_geometry(self.model)
-        self.layers = decoder_layers(self.model)
-        config = self.model.config
-        self.n_kv = getattr(config, "num_key_value_heads", None) or self.n_heads
-        self.group = self.n_heads // self.n_kv
 
-    def module(self, layer: int, role: str) -> nn.Module:
-        """``role`` in q, k, v, o."""
-        if role == "o":
-            return _get(self.layers[layer], self.arch.out_proj)
-        if self.arch.qkv is None:
-            raise ModelError(f"{type(self.model).__name__} fuses its q/k/v projections; per-head "
-                             f"q/k/v weights are supported for: separate q_proj/k_proj/v_proj")
-        return _get(self.layers[layer], self.arch.qkv["qkv".index(role)])
-
-    def mlp_modules(self, layer: int) -> list[nn.Module]:
-        return [m for path in self.arch.mlp for m in _weight_modules(_get(self.layers[layer], path))]
-
-    def rows(self, role: str, head: int) -> slice:
-        """Rows of the q/k/v projection weight that query head ``head`` uses (k and v: those
-        of its key/value head)."""
-        unit = head if role == "q" else head // self.group
-        return slice(unit * self.head_dim, (unit + 1) * self.head_dim)
-
-    def head_slice(self, layer: int, role: str, head: int, weight: torch.Tensor) -> torch.Tensor:
-        """The part of ``weight`` (q/k/v/o of ``layer``) that belongs to query head ``head``."""
-        if role == "o":
-            columns = slice(head * self.head_dim, (head + 1) * self.head_dim)
-            transposed = is_transposed_linear(self.module(layer, "o"))
-            return weight[columns] if transposed else weight[:, columns]
-        return weight[self.rows(role, head)]
-
-    def roles(self) -> tuple[str, ...]:
-        """The projections with per-head weights: q, k, v, o (only o for fused families)."""
-        return ("q", "k", "v", "o") if self.has_qkv else ("o",)
-
-    @property
-    def has_qkv(self) -> bool:
-        return self.arch.qkv is not None
-
-    def snapshot(self) -> dict[str, torch.Tensor]:
-        """CPU float32 copies of every tracked weight: ``"{layer}.{q|k|v|o}"``, ``"{layer}.mlp{i}"``.
-        Not for a sharded model (use :class:`~headway.training.weight_change.StartWeights`)."""
-        from ..models.sharding import is_sharded
-
-        if is_sharded(self.model):
-            raise ValueError("snapshot() of a sharded (FSDP2) model: use "
-                             "StartWeights.copy_of(weights), which keeps each process's rows")
-        out = {}
-        with torch.no_grad():
-            for layer in range(self.n_layers):
-                for role in self.roles():
-                    out[f"{layer}.{role}"] = effective_weight(self.module(layer, role)) \
-                        .detach().float().cpu().clone()
-                for i, m in enumerate(self.mlp_modules(layer)):
-                    out[f"{layer}.mlp{i}"] = effective_weight(m).detach().float().cpu().clone()
-        return out
-
+def stored_index(module: nn.Module, along: str, index: list[int]) -> tuple:
+    """The index into ``module.weight`` as stored (GPT-2's Conv1D stores ``[in, out]``)."""
+    rows = along == "rows"
+    if is_transposed_linear(module):
+        rows = not rows
+    return (index,) if rows else (slice(None), index)
 
 
 class HeadSelection:
@@ -169,13 +117,12 @@ class HeadSelection:
     :meth:`apply` freezes every other parameter, masks gradients outside the selected slices,
     and keeps a copy of the trainable tensors; :meth:`restore` (after each optimizer step) puts
     back every unselected entry, so weight decay cannot move them: all of them stay
-    bit-identical to the start.
+    bit-identical to the start. q/k/v biases of the selected rows train too.
     """
 
     def __init__(self, model: nn.Module, heads: list[tuple[int, int]]):
-        self.weights = HeadWeights(model)
-        if not self.weights.has_qkv:
-            self.weights.module(0, "q")  # raises the clear error
+        self.model = resolve(model).model
+        self.slices = selected_slices(model, heads)
         self.heads = heads
         self.masks: dict[nn.Parameter, torch.Tensor] = {}
         self.originals: dict[nn.Parameter, torch.Tensor] = {}
@@ -186,16 +133,12 @@ class HeadSelection:
         mask[index] = True
 
     def apply(self) -> HeadSelection:
-        w, d = self.weights, self.weights.head_dim
-        for p in w.model.parameters():
+        for p in self.model.parameters():
             p.requires_grad_(False)
-        for layer, head in self.heads:
-            for role in "qkv":
-                module = w.module(layer, role)
-                self._mark(module.weight, (w.rows(role, head),))
-                if getattr(module, "bias", None) is not None:
-                    self._mark(module.bias, (w.rows(role, head),))
-            self._mark(w.module(layer, "o").weight, (slice(None), slice(head * d, (head + 1) * d)))
+        for module, (along, index) in self.slices.items():
+            self._mark(module.weight, stored_index(module, along, index))
+            if along == "rows" and getattr(module, "bias", None) is not None:
+                self._mark(module.bias, (index,))
         for param in self.masks:
             param.requires_grad_(True)
             self.originals[param] = param.detach().clone()
