@@ -231,3 +231,52 @@ def test_the_registration_example_of_the_docs_runs(monkeypatch):
     heads = resolve(namespace["model"])
     assert heads.has_qkv and heads.layout == "stacked"
     assert heads.rows("k")[1].tolist() == list(range(32 + 8, 32 + 16))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "falcon", "gpt_neox", "phi3", "deepseek_v2",
+                                    "mixtral", "llama"])
+@pytest.mark.parametrize("how", ["adapter", "mask"])
+def test_head_selective_training_moves_only_the_selected_heads(family, how):
+    """Fused (stacked, grouped, per-head), MLA and separate q/k/v: after a few optimizer steps
+    on selected heads, exactly their q rows and o columns moved, every other weight entry is
+    bit-identical, and the recorded per-head change is 0 for every other head's q and o."""
+    from headway.data.batching import collate
+    from headway.scoring.loss import response_token_losses
+    from headway.training.head_adapter import add_head_adapter, merge
+    from headway.training.heads import HeadSelection
+    from headway.training.weight_change import relative_change, snapshot
+
+    model = tiny_model(family).train()
+    start_state = {k: v.clone() for k, v in model.state_dict().items()}
+    start = snapshot(resolve(model))
+    chosen = [(0, 1), (1, 2)]
+    selection = None
+    if how == "adapter":
+        add_head_adapter(model, chosen)
+    else:
+        selection = HeadSelection(model, chosen).apply()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    batch = collate(encoded_rows(make_byte_tokenizer()), pad_id=0)
+    for _ in range(3):
+        loss_sum, n_tokens, _ = response_token_losses(model, batch)
+        (loss_sum / n_tokens).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if selection:
+            selection.restore()
+    if how == "adapter":
+        merge(model)
+    heads = resolve(model)
+    change = relative_change(heads, start)
+    selected = torch.zeros(2, 4, dtype=torch.bool)
+    selected[0, 1] = selected[1, 2] = True
+    for role in ("q", "o"):
+        assert float(change[role][~selected].abs().max()) == 0.0, (family, role)
+        assert float(change[role][selected].min()) > 0, (family, role)
+    assert float(change["mlp"].nan_to_num(0).abs().max()) == 0.0
+    moved = {k for k, v in model.state_dict().items()
+             if k in start_state and not torch.equal(v, start_state[k])}
+    allowed = {next(n for n, m in model.named_modules() if m is heads.projection(layer, role))
+               for layer, _ in chosen for role in "qkvo"}
+    assert moved and all(k.rsplit(".", 1)[0] in allowed for k in moved), (family, moved)

@@ -95,8 +95,11 @@ def sft_trainer(model, tokenizer, out, steps=4, save_steps=0):
 
     train = datasets.Dataset.from_list(
         [{"prompt": f"What is {i} + {i}?", "completion": f" {2 * i}"} for i in range(32)])
+    # TRL computes in bfloat16 by default; float32 here, so that the trainer's probe records
+    # can be compared exactly with a float32 trajectory of its checkpoints
     args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4,
                      learning_rate=1e-2, logging_steps=1, report_to="none", use_cpu=True,
+                     bf16=False,
                      save_strategy="steps" if save_steps else "no", save_steps=save_steps or 10,
                      disable_tqdm=True)
     return SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)

@@ -56,7 +56,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     from .storage import atomic_write_bytes
     from .training.config import load_config
     from .training.run_dir import clear_other_run
-    from .training.trainer import finished_run, run_train
+    from .training.trainer import finished_run, run_train, train_data
 
     start = time.perf_counter()
     out = Path(out)
@@ -90,7 +90,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
             if finished_run(config):
                 print(f"  {name}: reusing the finished run in {config.output_dir}")
             else:
-                clear_other_run(config)
+                clear_other_run(config, train_data(config))
                 run_train(config)
             run_paths.append(config.output_dir)
 

@@ -27,7 +27,7 @@ def delta_patterns(e: Experiment, tasks: list[str], rows: int, steps: int,
     training rows."""
     from ..training.records import run_trajectory
     from ..training.run_dir import clear_other_run
-    from ..training.trainer import finished_run, run_train
+    from ..training.trainer import finished_run, run_train, train_data
 
     deltas = {}
     for source in tasks:
@@ -41,7 +41,7 @@ def delta_patterns(e: Experiment, tasks: list[str], rows: int, steps: int,
             print(f"  ΔAP of {source}: reusing {config.output_dir}")
         else:
             print(f"  ΔAP of {source}: {steps} SFT steps on {config.rows} rows")
-            clear_other_run(config)
+            clear_other_run(config, train_data(config))
             run_train(config)
         probes = run_trajectory(config.output_dir)["probes"]
         patterns = next(iter(probes.values()))["patterns"]

@@ -1,12 +1,16 @@
 """A run folder has one owner: which run a folder holds, what a rerun may do with it.
 
 A run's *identity* is its resolved settings (every :class:`~headway.training.trainer.TrainConfig` field
-except those in :data:`RESUMABLE_CHANGES` and ``output_dir``). It is written into every
-checkpoint as ``headway_run.json`` once the Trainer has finished writing that checkpoint, so a
-checkpoint without it was cut short (the process was killed while writing it).
+except those in :data:`RESUMABLE_CHANGES` and ``output_dir``) and the rows it trains on (the
+absolute source and the sha256 of the rows: ``train_data``). It is written to
+``identity.json`` when the run starts and into every checkpoint as ``headway_run.json`` once
+the Trainer has finished writing that checkpoint, so a checkpoint without it was cut short
+(the process was killed while writing it). Every process that writes a run folder holds its
+lock (:func:`headway.locks.owning`), so two commands never write one folder.
 
 :func:`plan_run` only reads the folder and decides, before anything is loaded or changed:
-    fresh        nothing there (or an abandoned start of this same run): start at step 0
+    fresh        nothing there, or a start that trained no step (of this run: kept; of
+                 other settings: its files are replaced): start at step 0
     resume       the newest *complete* checkpoint of the *same* run
     finished     this same run finished already: nothing to do
     move_aside   ``resume=False`` and the folder holds a run: it is renamed to
@@ -30,24 +34,42 @@ import yaml
 from transformers import TrainerCallback
 
 MARKER = "headway_run.json"
+IDENTITY = "identity.json"
+DATA = "train_data"  # the identity's record of the rows: {"source", "data_hash"}
 CHECKPOINTS = "checkpoints"
 # fields that may differ when a run resumes (they do not change what is computed)
 RESUMABLE_CHANGES = {"progress", "resume", "tensorboard", "logging_steps", "save_steps",
                      "save_total_limit", "save_final", "output_dir"}
 # what a run writes into its folder: a folder holding any of these holds a run
-RUN_CONTENT = ("config.yaml", "manifest.json", "metrics.jsonl", "patterns", "param_change",
-               CHECKPOINTS, "final", "tensorboard")
+RUN_CONTENT = ("config.yaml", IDENTITY, "manifest.json", "metrics.jsonl", "patterns",
+               "param_change", CHECKPOINTS, "final", "tensorboard")
 
 
-def identity(config) -> dict:
-    """The settings that define what a run computes (a JSON-ready dict)."""
-    return {k: v for k, v in dataclasses.asdict(config).items() if k not in RESUMABLE_CHANGES}
+def identity(config, data: dict | None = None) -> dict:
+    """What defines what a run computes (a JSON-ready dict): its settings and, given, the
+    rows it trains on (``data``: ``{"source", "data_hash"}``, see :func:`data_identity`)."""
+    out = {k: v for k, v in config_fields(config).items() if k not in RESUMABLE_CHANGES}
+    if data is not None:
+        out[DATA] = data
+    return out
+
+
+def config_fields(config) -> dict:
+    """The configuration's fields as a JSON-ready dict."""
+    return dataclasses.asdict(config)
+
+
+def data_identity(task) -> dict:
+    """The rows a run trains on: their resolved source and the sha256 of their content."""
+    return {"source": task.source, "data_hash": task.data_hash}
 
 
 def changed_fields(before: dict, now: dict) -> list[str]:
-    """Fields whose values differ (a field missing on one side counts as changed)."""
+    """Fields whose values differ (a field missing on one side counts as changed, but for
+    the rows of a run recorded before they were part of its identity)."""
     return sorted(k for k in set(before) | set(now)
-                  if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+                  if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)
+                  and not (k == DATA and k not in before))
 
 
 @dataclass
@@ -108,14 +130,34 @@ class RunPlan:
     resume_from: Checkpoint | None = None
     incomplete: list[Path] = field(default_factory=list)
     moved_to: Path | None = None
+    replaced: list[str] = field(default_factory=list)  # fields of an abandoned start replaced
 
 
 def holds_run(run: Path) -> bool:
     return run.is_dir() and any((run / name).exists() for name in RUN_CONTENT)
 
 
-def plan_run(config) -> RunPlan:
-    """Decide what to do with ``config.output_dir`` (read only; see the module docstring)."""
+def recorded_identity(run: Path) -> dict | None:
+    """The identity a run folder records: ``identity.json``, else (runs written before it
+    existed) ``config.yaml``; None when neither can be read."""
+    value = _read_json(run / IDENTITY)
+    return value if value is not None else _read_yaml(run / "config.yaml")
+
+
+def trained_any_step(run: Path) -> bool:
+    """True when the run's records hold a training step (a train-loss line, or a probe
+    record after step 0)."""
+    from .records import read_metrics
+
+    try:
+        return any(r.get("step", 0) > 0 for r in read_metrics(run / "metrics.jsonl"))
+    except ValueError:
+        return True  # unreadable records: treat as valuable, never replace them
+
+
+def plan_run(config, data: dict | None = None) -> RunPlan:
+    """Decide what to do with ``config.output_dir`` (read only; see the module docstring).
+    ``data``: the rows the run trains on (:func:`data_identity`)."""
     from .config import ConfigError
 
     run = Path(config.output_dir)
@@ -123,8 +165,8 @@ def plan_run(config) -> RunPlan:
         return RunPlan("fresh", run)
     if not config.resume:
         return RunPlan("move_aside", run, moved_to=_aside(run))
-    mine = identity(config)
-    recorded = _read_yaml(run / "config.yaml")
+    mine = identity(config, data)
+    recorded = recorded_identity(run)
     complete, incomplete = scan_checkpoints(run, recorded)
     hint = (f"use another --output_dir, or --resume false to move the run in {run} aside "
             f"(to {run.name}.old-<time>) and start over")
@@ -139,6 +181,9 @@ def plan_run(config) -> RunPlan:
     if complete:
         return RunPlan("resume", run, resume_from=complete[-1], incomplete=incomplete)
     if recorded is not None and changed_fields(recorded, mine):
+        if not trained_any_step(run) and manifest.get("status") != "finished":
+            return RunPlan("fresh", run, incomplete=incomplete, replaced=changed_fields(
+                recorded, mine))  # a start that trained nothing: nothing to keep
         raise ConfigError(f"{run}: holds a run with other values of "
                           f"{', '.join(changed_fields(recorded, mine))}", hint=hint)
     if recorded is None:
@@ -147,14 +192,14 @@ def plan_run(config) -> RunPlan:
     return RunPlan("fresh", run, incomplete=incomplete)
 
 
-def clear_other_run(config, say=print) -> None:
+def clear_other_run(config, data: dict | None = None, say=print) -> None:
     """For folders headway itself manages (the demo's and experiments' intermediate runs):
     delete a run with other settings that :func:`plan_run` would refuse, so that it is
     computed anew. Never used on a folder the user named."""
     from .config import ConfigError
 
     try:
-        plan_run(config)
+        plan_run(config, data)
     except ConfigError:
         shutil.rmtree(config.output_dir)
         say(f"  {config.output_dir}: held a run with other settings; starting it again")
@@ -177,10 +222,11 @@ def _read_yaml(path: Path) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def prepare_run(plan: RunPlan, config, say=print) -> None:
+def prepare_run(plan: RunPlan, config, data: dict | None = None, say=print) -> None:
     """Carry the plan out (main process only): move an old run aside, remove checkpoints cut
-    short, write ``config.yaml``, and keep only the records up to the resumed step."""
-    from ..storage import atomic_write_bytes
+    short or an abandoned start, write ``config.yaml`` and ``identity.json``, and keep only
+    the records up to the resumed step."""
+    from ..storage import atomic_write_bytes, atomic_write_json
     from .records import truncate_metrics
 
     run = plan.run
@@ -190,6 +236,15 @@ def prepare_run(plan: RunPlan, config, say=print) -> None:
     for path in plan.incomplete:
         shutil.rmtree(path, ignore_errors=True)
         say(f"headway: removed {path}: the process was stopped while writing it")
+    if plan.replaced:
+        for name in RUN_CONTENT:
+            target = run / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        say(f"headway: replaced the start of a run with other values of "
+            f"{', '.join(plan.replaced)} in {run}: it had trained no step")
     run.mkdir(parents=True, exist_ok=True)
     if plan.action == "resume":
         truncate_metrics(run / "metrics.jsonl", plan.resume_from.step)
@@ -198,7 +253,8 @@ def prepare_run(plan: RunPlan, config, say=print) -> None:
     # a finished manifest beside a new config would make the run look finished
     (run / "manifest.json").unlink(missing_ok=True)
     atomic_write_bytes(run / "config.yaml",
-                       yaml.safe_dump(dataclasses.asdict(config), sort_keys=False).encode())
+                       yaml.safe_dump(config_fields(config), sort_keys=False).encode())
+    atomic_write_json(run / IDENTITY, identity(config, data))
 
 
 class RunMarker(TrainerCallback):
@@ -207,8 +263,9 @@ class RunMarker(TrainerCallback):
     last step, so that the whole run's mean loss can be rebuilt from ``log_history`` after a
     resume (:func:`mean_train_loss`)."""
 
-    def __init__(self, config, prior: dict, tracker=None, is_main: bool = True):
-        self.settings = identity(config)
+    def __init__(self, config, prior: dict, tracker=None, is_main: bool = True,
+                 data: dict | None = None):
+        self.settings = identity(config, data)
         self.prior = {"train_seconds": prior.get("train_seconds", 0.0),
                       "tracking_seconds": prior.get("tracking_seconds", 0.0),
                       "sessions": prior.get("sessions", 0) + 1}

@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 from transformers import TrainerCallback
 
 from ..progress import quiet_hf_progress
@@ -80,28 +79,45 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
 
 
 def run_train(c: TrainConfig) -> dict:
-    """Train with tracking; return the manifest (also written to the run directory)."""
+    """Train with tracking; return the manifest (also written to the run directory). The run
+    folder is locked for the run's life (:func:`headway.locks.owning`): a second process on it
+    stops at once, naming the holder."""
+    from ..data.tasks import load_task
+    from ..distributed import process_state
+    from ..locks import owning
+
+    validate(c)
+    state = process_state()
+    train_task = load_task(_task_spec(c, c.task, c.rows, c.offset))  # a typo fails here, first
+    with owning(c.output_dir, f"run folder {c.output_dir}"):
+        return _train(c, state, train_task)
+
+
+def _train(c: TrainConfig, state, train_task) -> dict:
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     from ..data.encoding import encode_examples
     from ..data.rows import task_record
-    from ..data.tasks import load_task
-    from ..distributed import barrier, process_state
+    from ..distributed import barrier
     from ..models.loading import load_model
     from ..patterns import library_versions
     from ..storage import atomic_write_json, check_writable
     from .callback import PatternCallback
     from .head_adapter import add_head_adapter
     from .heads import HeadSelection, parse_heads, top_heads_from_file
-    from .run_dir import RunMarker, mean_train_loss, plan_run, prepare_run
+    from .run_dir import (
+        RunMarker,
+        data_identity,
+        mean_train_loss,
+        plan_run,
+        prepare_run,
+    )
     from .weight_change import start_weights
 
-    validate(c)
-    state = process_state()
-    train_task = load_task(_task_spec(c, c.task, c.rows, c.offset))  # a typo fails here, first
-    plan = plan_run(c)  # reads the folder only; refuses another run's checkpoints
+    data = data_identity(train_task)
+    plan = plan_run(c, data)  # reads the folder only; refuses another run's checkpoints
     if plan.action == "finished":
         if state.is_main_process:
             print(f"headway: {plan.run} holds this run, finished; nothing to do "
@@ -156,7 +172,7 @@ def run_train(c: TrainConfig) -> dict:
 
     # everything is validated and loaded: only now may the folder change
     if state.is_main_process:
-        prepare_run(plan, c)
+        prepare_run(plan, c, data)
     barrier()  # every process reads the same metrics.jsonl below
     args = SFTConfig(
         output_dir=str(ckpt_dir), per_device_train_batch_size=c.per_device_train_batch_size,
@@ -179,7 +195,7 @@ def run_train(c: TrainConfig) -> dict:
                               initial_weights=initial, manifest=False,
                               model_info=lm.describe())
     marker = RunMarker(c, plan.resume_from.prior if plan.resume_from else {}, tracker,
-                       is_main=state.is_main_process)
+                       is_main=state.is_main_process, data=data)
     callbacks = [marker, *([tracker] if c.tracking else [])]
     if c.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -297,20 +313,27 @@ def _checkpointing_field(config_class) -> str:
         else "gradient_checkpointing"
 
 
+def train_data(config: TrainConfig) -> dict:
+    """The identity of the rows ``config`` trains on (:func:`~.run_dir.data_identity`)."""
+    from ..data.tasks import load_task
+    from .run_dir import data_identity
+
+    return data_identity(load_task(_task_spec(config, config.task, config.rows, config.offset)))
+
+
 def finished_run(config: TrainConfig) -> bool:
-    """True when ``config.output_dir`` holds a finished run of the same settings (fields in
-    :data:`headway.training.run_dir.RESUMABLE_CHANGES` may differ)."""
-    from .run_dir import changed_fields, identity
+    """True when ``config.output_dir`` holds a finished run of the same settings and rows
+    (fields in :data:`headway.training.run_dir.RESUMABLE_CHANGES` may differ)."""
+    from .run_dir import changed_fields, identity, recorded_identity
 
     run = Path(config.output_dir)
-    if not (run / "manifest.json").is_file() or not (run / "config.yaml").is_file():
-        return False
+    before = recorded_identity(run)
     try:
-        before = yaml.safe_load((run / "config.yaml").read_text()) or {}
         status = json.loads((run / "manifest.json").read_text()).get("status")
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, ValueError):
         return False
-    return not changed_fields(before, identity(config)) and status == "finished"
+    return (before is not None and status == "finished"
+            and not changed_fields(before, identity(config, train_data(config))))
 
 
 class RestoreUnselected(TrainerCallback):
