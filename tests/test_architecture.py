@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).parents[1] / "src" / "headway"
 # bottom to top; a module belongs to the first floor with a prefix that names it
 FLOORS = [
     ("ground", ["headway.errors", "headway.stats", "headway.storage", "headway.progress",
-                "headway.distributed", "headway.locks"]),
+                "headway.distributed", "headway.locks", "headway.stopping", "headway.hub"]),
     ("models", ["headway.models"]),
     ("data", ["headway.data"]),
     ("patterns", ["headway.patterns", "headway.pattern_views"]),

@@ -104,13 +104,23 @@ def test_local_folder_loads(tmp_path):
     assert task.name == "mydata" and [e.prompt for e in task.examples] == [r["question"] for r in ROWS[4:]]
 
 
-@pytest.mark.skipif(not GSM8K_TEST.exists(), reason="shared GSM8K copy not present")
-def test_gsm8k_file_needs_no_options():
-    task = load_task(str(GSM8K_TEST), n=8)
-    assert len(task.examples) == 8 and task.name == "gsm8k-test"
-    first = json.loads(GSM8K_TEST.open().readline())
-    assert task.examples[0].prompt == first["question"] and task.examples[0].response == first["answer"]
-    assert "\n#### " in task.examples[0].response  # whole chain of thought, verbatim
+def test_gsm8k_file_needs_no_options(tmp_path):
+    """A file in GSM8K's layout (question, answer with its chain of thought and '#### N'),
+    named test.jsonl in a gsm8k folder: no options needed. The rows are made up here; the
+    shared copy of GSM8K, where this machine has it, is read the same way."""
+    folder = tmp_path / "gsm8k"
+    folder.mkdir()
+    rows = [{"question": f"Tom has {i} apples and buys {i + 2} more. How many has he?",
+             "answer": f"He has {i} + {i + 2} = <<{i}+{i + 2}={2 * i + 2}>>{2 * i + 2} apples."
+                       f"\n#### {2 * i + 2}"} for i in range(10)]
+    write_jsonl(folder / "test.jsonl", rows)
+    for path in [folder / "test.jsonl", *([GSM8K_TEST] if GSM8K_TEST.exists() else [])]:
+        task = load_task(str(path), n=8)
+        assert len(task.examples) == 8 and task.name == "gsm8k-test"
+        first = json.loads(path.open().readline())
+        assert task.examples[0].prompt == first["question"]
+        assert task.examples[0].response == first["answer"]
+        assert "\n#### " in task.examples[0].response  # whole chain of thought, verbatim
 
 
 # ------------------------------------------------------------------ errors

@@ -137,7 +137,8 @@ class SettingsParser(HfArgumentParser):
     def _add_field(self, where, f: dataclasses.Field, kind) -> None:
         meta = dict(f.metadata)
         meta["help"] = meta.get("help", "").replace("%", "%%")  # plain text, not a % format
-        positional, nargs, action = (meta.pop(k, None) for k in ("positional", "nargs", "action"))
+        positional, nargs, action, _ = (meta.pop(k, None) for k in ("positional", "nargs",
+                                                                   "action", "min"))
         listed = typing.get_origin(kind) is list
         if positional:
             where.add_argument(f.name, nargs=nargs or ("+" if listed else None), help=meta["help"])
@@ -267,44 +268,64 @@ def parse(argv: list[str]):
 
 
 def _debug(argv: list[str]) -> bool:
-    """``--debug`` anywhere before ``--``, or ``HEADWAY_DEBUG=1``: show tracebacks."""
+    """``--debug`` anywhere before ``--``, or ``HEADWAY_DEBUG`` set to 1, true, yes or on:
+    show tracebacks."""
     import os
 
-    return "--debug" in argv or os.environ.get("HEADWAY_DEBUG", "") not in ("", "0")
+    flag = os.environ.get("HEADWAY_DEBUG", "").strip().lower()
+    return "--debug" in argv or flag in ("1", "true", "yes", "on")
+
+
+def _output_of(args) -> str | None:
+    """The folder or file a command writes, as its settings name it."""
+    for name in ("output_dir", "output", "folder"):
+        value = getattr(args, name, None)
+        if value:
+            return str(value)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command. A :class:`~headway.errors.HeadwayError` (bad input or setting) ends in
-    one ``headway: error:`` line (and a ``hint:`` line) with exit 2; Ctrl-C in one line saying
-    what was kept, exit 130. ``--debug`` (or ``HEADWAY_DEBUG=1``) shows tracebacks instead."""
+    """Run one command. A :class:`~headway.errors.HeadwayError` (bad input or setting, a full
+    disk, a folder in use) ends in one ``headway: error:`` line (and a ``hint:`` line) with
+    exit 2; Ctrl-C in one line saying what was kept, exit 130; SIGTERM likewise, exit 143.
+    ``--debug`` (or ``HEADWAY_DEBUG=1``) shows tracebacks instead."""
     from .commands import run
     from .errors import HeadwayError
+    from .stopping import Terminated, handling_sigterm
+    from .storage import is_no_space, no_space
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug(argv)
     argv = [a for a in argv if a != "--debug"]
+    args = None
     try:
-        return run(parse(argv))
+        with handling_sigterm():
+            args = parse(argv)
+            return run(args)
     except HeadwayError as err:
         if debug:
             raise
-        print(f"headway: error: {err}", file=sys.stderr)
-        if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
+        _print_error(err)
         return 2
     except FileNotFoundError as err:
         if debug:
             raise
         print(f"headway: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         if debug:
             raise
-        print("\nheadway: interrupted; finished work is kept (scoring: OUT.partial.safetensors, "
+        how = ("stopped (SIGTERM)" if isinstance(err, Terminated) else "interrupted")
+        said = f" {err}" if str(err) else ""
+        print(f"\nheadway: {how};{said} finished work is kept (scoring: OUT.partial.safetensors, "
               "training: its checkpoints and records, analyze: OUT/.ablation). Run the same "
               "command again to resume.", file=sys.stderr)
-        return 130
-    except Exception:
+        return 143 if isinstance(err, Terminated) else 130
+    except Exception as err:
+        if is_no_space(err) and not debug:
+            _print_error(no_space(_output_of(args) or getattr(err, "filename", None) or "."))
+            return 2
         from .distributed import launched_distributed
 
         if debug or not launched_distributed():
@@ -319,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         from .distributed import shutdown
 
         shutdown()
+
+
+def _print_error(err) -> None:
+    print(f"headway: error: {err}", file=sys.stderr)
+    if getattr(err, "hint", None):
+        print(f"hint: {err.hint}", file=sys.stderr)
 
 
 if __name__ == "__main__":

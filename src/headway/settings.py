@@ -18,6 +18,7 @@ one or more values, e.g. ``--train-run`` repeated.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -53,6 +54,11 @@ class Settings:
             if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
                 raise SettingsError(f"{type(self).__name__}: field {name!r} is {value!r}, not one "
                                     f"of {', '.join(map(repr, typing.get_args(kind)))}")
+        for f in dataclasses.fields(self):
+            low, value = f.metadata.get("min"), getattr(self, f.name)
+            if low is not None and isinstance(value, (int, float)) and value < low:
+                raise SettingsError(f"--{f.name.replace('_', '-')} is {value}; it must be >= "
+                                    f"{low}")
 
 
 # ---------------------------------------------------------------- shared groups
@@ -95,16 +101,14 @@ class ModelArgs(Settings):
 
 
 @dataclass(kw_only=True)
-class TaskArgs(Settings):
-    """The rows a command reads, and how each becomes tokens."""
+class RowArgs(Settings):
+    """Which rows of a task a command reads, and how each becomes tokens."""
 
-    _help_group = "task"
+    _help_group = "rows"
 
-    task: str = _required("built-in task (see `headway tasks`), rg:<reasoning-gym name>, a "
-                          ".jsonl/.json/.csv/.parquet file, a dataset folder, or a hub dataset id")
     rows: int | None = _f(None, "rows to use (default: all rows of a file or dataset, 64 "
-                                "generated rows for a built-in task)", aliases=["-n"])
-    offset: int = _f(0, H_OFFSET)
+                                "generated rows for a built-in task)", aliases=["-n"], min=1)
+    offset: int = _f(0, H_OFFSET, min=0)
     seed: int = _f(0, H_SEED)
     shuffle: bool = _f(False, "shuffle file rows (seeded)")
     split: str = _f("train", H_SPLIT)
@@ -112,8 +116,18 @@ class TaskArgs(Settings):
     prompt_field: str | None = _f(None, H_PROMPT)
     response_field: str | None = _f(None, H_RESPONSE)
     template: str = _f("qa", H_TEMPLATE)
-    max_length: int = _f(1024, H_MAX_LENGTH)
+    max_length: int = _f(1024, H_MAX_LENGTH, min=1)
     overlong: Overlong = _f("truncate", H_OVERLONG)
+
+
+@dataclass(kw_only=True)
+class TaskArgs(RowArgs):
+    """The task a command reads (and, from :class:`RowArgs`, which of its rows)."""
+
+    _help_group = "task"
+
+    task: str = _required("built-in task (see `headway tasks`), rg:<reasoning-gym name>, a "
+                          ".jsonl/.json/.csv/.parquet file, a dataset folder, or a hub dataset id")
 
 
 @dataclass(kw_only=True)
@@ -125,16 +139,16 @@ class ExperimentArgs(Settings):
     output_dir: str = _f("experiments", "experiment folder", aliases=["-o"])
     model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
     target: str = _f("word_problems", "target task, as for --task of score")
-    target_rows: int = _f(32, "labelled target rows to train on: rows 0..N-1")
-    eval_rows: int = _f(64, "held-out evaluation rows")
-    eval_offset: int = _f(10_000, "first evaluation row of the target")
+    target_rows: int = _f(32, "labelled target rows to train on: rows 0..N-1", min=1)
+    eval_rows: int = _f(64, "held-out evaluation rows", min=1)
+    eval_offset: int = _f(10_000, "first evaluation row of the target", min=0)
     seeds: list[int] = _f([0, 1, 2], "seeds (default: 0 1 2): each arm runs once per seed. A "
                                      "seed sets the training seed; in mix also the basic rows "
                                      "drawn and the random mixture, in select the random rows. "
                                      "Target and evaluation rows stay the same")
-    batch_size: int = _f(8, "rows per step")
-    learning_rate: float = _f(5e-5, "full-SFT learning rate")
-    max_length: int = _f(512, H_MAX_LENGTH)
+    batch_size: int = _f(8, "rows per step", min=1)
+    learning_rate: float = _f(5e-5, "full-SFT learning rate", min=0)
+    max_length: int = _f(512, H_MAX_LENGTH, min=1)
     template: str = _f("qa", "prompt template")
     keep_weights: bool = _f(False, "keep every arm's trained weights (default: deleted after "
                                    "evaluation)")
@@ -147,8 +161,8 @@ class TwoStageArgs(ExperimentArgs):
 
 
     basics: list[str] = _f(BASIC_TASKS, "basic tasks")
-    stage1_steps: int = _f(16, "steps on the basic-task rows")
-    stage2_steps: int = _f(16, "steps on the target rows after stage 1")
+    stage1_steps: int = _f(16, "steps on the basic-task rows", min=1)
+    stage2_steps: int = _f(16, "steps on the target rows after stage 1", min=1)
 
 
 # ---------------------------------------------------------------- one per command
@@ -164,7 +178,8 @@ class ScoreArgs(TaskArgs, ModelArgs):
                   "batch-mean loss, batch 4, file order")
     method: Literal["gate", "reference"] = _f(
         "gate", "gate: fast path (default); reference: eager attention with Γ.grad")
-    batch_size: int | None = _f(None, "rows per batch (default 8; 4 with --convention paper)")
+    batch_size: int | None = _f(None, "rows per batch (default 8; 4 with --convention paper)",
+                                min=1)
     per_sample: bool = _f(False, "also store every sample's signed L x H scores")
     output: str | None = _f(None, "output path without suffix (default runs/TASK)",
                             aliases=["-o"])
@@ -177,7 +192,7 @@ class ShowArgs(Settings):
 
     pattern: str = _required("pattern file (.safetensors, or the path without suffix)",
                              positional=True)
-    top_k: int = _f(10, "heads to list")
+    top_k: int = _f(10, "heads to list", min=1)
     heatmap: str | None = _f(None, "PNG path (default: beside the pattern)")
     json: bool = _f(False, "print JSON instead of a table")
 
@@ -195,8 +210,8 @@ class EvalArgs(TaskArgs, ModelArgs):
     train_run: list[str] = _f([], "a headway train run directory: fail if an evaluation row was "
                                   "one of its training rows (repeatable)", action="append")
     max_new_tokens: int | None = _f(None, "generation length (default: 1.5 x the longest "
-                                          "reference + 8)")
-    batch_size: int = _f(16, "rows per batch")
+                                          "reference + 8)", min=1)
+    batch_size: int = _f(16, "rows per batch", min=1)
     output: str | None = _f(None, "write the result (JSON, with every generation)",
                             aliases=["-o"])
     progress: bool = _f(True, H_PROGRESS)
@@ -208,10 +223,10 @@ class MixArgs(TwoStageArgs):
     target-only SFT."""
 
     output_dir: str = _f("experiments/mix", "experiment folder", aliases=["-o"])
-    total: int = _f(128, "mixture size N")
-    delta_rows: int = _f(64, "training rows of each basic task's ΔAP run")
-    delta_steps: int = _f(8, "SFT steps of each ΔAP run")
-    probe_rows: int = _f(32, "held-out probe rows of each basic task")
+    total: int = _f(128, "mixture size N", min=1)
+    delta_rows: int = _f(64, "training rows of each basic task's ΔAP run", min=1)
+    delta_steps: int = _f(8, "SFT steps of each ΔAP run", min=1)
+    probe_rows: int = _f(32, "held-out probe rows of each basic task", min=1)
 
 
 @dataclass(kw_only=True)
@@ -221,9 +236,9 @@ class SelectArgs(TwoStageArgs):
 
     output_dir: str = _f("experiments/select", "experiment folder", aliases=["-o"])
     basics: list[str] = _f(BASIC_TASKS, "tasks the pool is drawn from")
-    stage1_steps: int = _f(8, "steps on the basic-task rows")
-    pool_rows: int = _f(64, "pool rows per task")
-    top_n: int = _f(64, "rows selected")
+    stage1_steps: int = _f(8, "steps on the basic-task rows", min=1)
+    pool_rows: int = _f(64, "pool rows per task", min=1)
+    top_n: int = _f(64, "rows selected", min=1)
     similarity: Literal["pearson", "cosine"] = _f(
         "pearson", "similarity of a pool row's per-sample pattern to the target pattern")
 
@@ -234,11 +249,11 @@ class ModesArgs(ExperimentArgs):
 
 
     output_dir: str = _f("experiments/modes", "experiment folder", aliases=["-o"])
-    steps: int = _f(32, "SFT steps")
-    top_k: int = _f(10, "heads trained")
-    lora_r: int = _f(8, "LoRA rank (alpha = 2r)")
-    lr_lora: float = _f(2e-4, "LoRA learning rate")
-    lr_heads: float = _f(5e-4, "head-selective learning rate")
+    steps: int = _f(32, "SFT steps", min=1)
+    top_k: int = _f(10, "heads trained", min=1)
+    lora_r: int = _f(8, "LoRA rank (alpha = 2r)", min=1)
+    lr_lora: float = _f(2e-4, "LoRA learning rate", min=0)
+    lr_heads: float = _f(5e-4, "head-selective learning rate", min=0)
 
 
 @dataclass(kw_only=True)
@@ -256,12 +271,13 @@ class AnalyzeArgs(Settings):
                                 "(repeatable)", action="append")
     model: str | None = _f(None, "also ablate each pattern's top-k heads on this model (held-out "
                                  "rows of the pattern's task)")
-    k: int = _f(10, "top heads")
+    k: int = _f(10, "top heads", min=1)
     random_draws: int = _f(20, "random head sets, each of k heads outside the top k (the "
                                "interval is their 2.5-97.5th percentile from 20 draws, their "
-                               "range below)")
-    bootstrap: int = _f(200, "bootstrap replicates (each resamples probe rows and heads)")
-    permutations: int = _f(500, "shuffled-null draws")
+                               "range below)", min=1)
+    bootstrap: int = _f(200, "bootstrap replicates (each resamples probe rows and heads); 0: "
+                             "no bootstrap intervals", min=0)
+    permutations: int = _f(500, "shuffled-null draws", min=1)
     seed: int = _f(0, "seed of the bootstrap, the shuffled null and the random head sets")
     output_dir: str = _f("analysis", "output folder", aliases=["-o"])
     progress: bool = _f(True, H_PROGRESS)
@@ -276,25 +292,15 @@ class ReportArgs(Settings):
 
 
 @dataclass(kw_only=True)
-class TrajectoryArgs(Settings):
-    """``headway trajectory``: patterns and parameter change over saved checkpoints."""
+class TrajectoryArgs(RowArgs):
+    """``headway trajectory``: patterns and parameter change over saved checkpoints (the
+    rows settings apply to every probe)."""
 
     checkpoints: list[str] = _required("a folder of checkpoint-N folders (e.g. a Trainer's "
                                        "output_dir), or model folders", positional=True)
     base: str = _required("the model the checkpoints were trained from")
     probes: list[str] = _required("probe tasks: built-in names, files, folders or hub ids, "
                                   "optionally named as NAME=SOURCE")
-    rows: int | None = _f(None, "rows per probe (default: all of a file, 64 generated)",
-                          aliases=["-n"])
-    offset: int = _f(0, H_OFFSET)
-    seed: int = _f(0, H_SEED)
-    split: str = _f("train", H_SPLIT)
-    config: str | None = _f(None, H_CONFIG)
-    prompt_field: str | None = _f(None, H_PROMPT)
-    response_field: str | None = _f(None, H_RESPONSE)
-    template: str = _f("qa", H_TEMPLATE)
-    max_length: int = _f(1024, H_MAX_LENGTH)
-    overlong: Overlong = _f("truncate", H_OVERLONG)
     dtype: str = _f("float32", H_DTYPE)
     device: str | None = _f(None, H_DEVICE)
     output_dir: str | None = _f(None, "output folder (default: FOLDER/headway-trajectory)",
@@ -310,7 +316,7 @@ class CompareArgs(TaskArgs):
     model_a: str = _required("model A (alias, folder or hub id)", positional=True)
     model_b: str = _required("model B", positional=True)
     names: list[str] = _f(["A", "B"], "labels of the two models", nargs=2)
-    top_k: int = _f(10, "heads compared")
+    top_k: int = _f(10, "heads compared", min=1)
     dtype: str = _f("float32", H_DTYPE)
     device: str | None = _f(None, H_DEVICE)
     output: str | None = _f(None, "output folder (default runs/compare-TASK)", aliases=["-o"])
@@ -323,8 +329,8 @@ class DemoArgs(Settings):
 
     output_dir: str = _f("headway-demo", "output folder")
     model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
-    rows: int = _f(64, "rows per task", aliases=["-n"])
-    sft_steps: int = _f(24, "steps of each tracked fine-tune (0 skips them)")
+    rows: int = _f(64, "rows per task", aliases=["-n"], min=1)
+    sft_steps: int = _f(24, "steps of each tracked fine-tune (0 skips them)", min=0)
     seed: int = _f(0, "training seed of the fine-tunes (order of their rows) and seed of the "
                       "analysis (bootstrap, null, random head sets); the rows stay the same")
     progress: bool = _f(True, H_PROGRESS)

@@ -25,9 +25,11 @@ class CompositionError(HeadwayError, ValueError):
 
 
 def find_run(summaries: list[dict], given: str) -> dict | None:
-    """The run summary ``given`` names: its task name, its folder, or the folder's name."""
-    return next((s for s in summaries if given in (s["name"], s["run"], Path(s["run"]).name)),
-                None)
+    """The run summary ``given`` names: its task name, its folder (as given or resolved, or
+    the Trainer's output_dir holding it), or the folder's name."""
+    paths = {Path(given).resolve(), (Path(given) / "headway").resolve()}
+    return next((s for s in summaries if given in (s["name"], s["run"], Path(s["run"]).name)
+                 or Path(s["run"]).resolve() in paths), None)
 
 
 def split_runs(summaries: list[dict], complex_run: str, controls: list[str]
@@ -75,7 +77,7 @@ def composition(target: dict, bases: list[dict], controls: list[dict], n_boot: i
         fit = fitting.composition_fit(target["delta"], X, nonnegative=nonneg)
         shared = fitting.shared_component(target["delta"], X, nonnegative=nonneg)
         shared.update({"mean_of": names, "r2_gain_ci": None})
-        if all(p is not None for p in pairs):
+        if n_boot > 0 and all(p is not None for p in pairs):  # 0: no intervals
             boot = fitting.bootstrap_composition(pairs[0], pairs[1:], n_boot, seed, nonneg,
                                            progress=progress)
             shared.update(boot.pop("shared_component"))

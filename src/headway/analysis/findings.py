@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import stats
 from ..errors import HeadwayError
+from ..locks import owning
 from ..patterns import ActivationPattern, pattern_paths
 from ..storage import atomic_write_json
 from . import fitting
@@ -100,6 +101,20 @@ def load_patterns(paths: list[str]) -> tuple[dict[str, tuple[Path, ActivationPat
     return dict(zip(pattern_names(stems, patterns), zip(stems, patterns))), ignored
 
 
+def read_manifest(run_dir: Path) -> dict:
+    """A run's ``manifest.json``, or one line naming it when it cannot be read."""
+    path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise AnalysisError(f"{path}: not a readable manifest ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})",
+                            hint="the file was cut or edited; train the run again") from err
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("train_task"), dict):
+        raise AnalysisError(f"{path}: not a run manifest (no 'train_task')")
+    return manifest
+
+
 def run_folder(path: Path) -> Path:
     """The folder holding a run's records: ``path`` itself (``headway train``, ``headway
     trajectory``), or ``path/headway`` (a Trainer's output_dir with
@@ -118,11 +133,19 @@ def _run_summary(run_dir: Path) -> dict:
     from ..training.records import read_metrics, run_trajectory
 
     run_dir = run_folder(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest = read_manifest(run_dir)
     trajectory = run_trajectory(run_dir)
+    steps = trajectory["steps"]
+    if len(steps) < 2:
+        raise AnalysisError(f"{run_dir}: only one probe record (step {steps[0]}): a run needs a "
+                            f"record after its start to show a change",
+                            hint="let it train, or resume it with the same command")
+    if manifest.get("status") == "finished" and manifest.get("global_step", 0) > steps[-1]:
+        raise AnalysisError(f"{run_dir / 'metrics.jsonl'}: its records end at step {steps[-1]} "
+                            f"but the run finished at step {manifest['global_step']}: the file "
+                            f"was cut or edited", hint="restore it, or train the run again")
     task = manifest["train_task"]["name"]
     probe = task if task in trajectory["probes"] else next(iter(trajectory["probes"]))
-    steps = trajectory["steps"]
     first, last = (ActivationPattern.load(run_dir / "patterns" / f"step_{s:06d}" / probe)
                    for s in (steps[0], steps[-1]))
     change_file = run_dir / "param_change" / f"step_{steps[-1]:06d}.safetensors"
@@ -136,7 +159,10 @@ def _run_summary(run_dir: Path) -> dict:
 
 
 def _run_summaries(runs: list[str]) -> list[dict]:
-    summaries = [_run_summary(Path(r)) for r in runs]
+    """The summary of each distinct run among ``runs`` (a folder given twice, or as a
+    Trainer's output_dir and its ``headway/`` folder, counts once)."""
+    folders = list(dict.fromkeys(run_folder(Path(r)).resolve() for r in runs))
+    summaries = [_run_summary(folder) for folder in folders]
     seen = set()
     for s in summaries:  # two runs of one task keep apart by their folder name
         if s["name"] in seen:
@@ -167,6 +193,16 @@ def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
     is kept in ``out/.ablation/`` and reused by a rerun with the same settings. ``progress``:
     progress bars on stderr."""
     out = Path(out)
+    with owning(out, f"analysis folder {out}"):
+        return _analyze(out, patterns, runs, complex_run, model, k, n_random, n_boot, n_perm,
+                        seed, ablation_modes, ablation_rows, progress, controls)
+
+
+def _analyze(out: Path, patterns, runs, complex_run, model, k, n_random, n_boot, n_perm, seed,
+             ablation_modes, ablation_rows, progress, controls) -> dict:
+    if not patterns and not runs:
+        raise AnalysisError("nothing to analyse: give --patterns (pattern files of headway "
+                            "score) and/or --runs (run folders of headway train)")
     result: dict = {"inputs": {"patterns": list(patterns), "runs": list(runs)}}
     loaded, ignored = load_patterns(patterns)
     if ignored:

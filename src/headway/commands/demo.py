@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..locks import owning
 from ..settings import DemoArgs
 
 
@@ -13,6 +14,7 @@ def demo(args: DemoArgs) -> int:
     from ..storage import check_writable
 
     check_writable(args.output_dir)
-    run_demo(Path(args.output_dir), model=args.model, n=args.rows, progress=args.progress,
-             sft_steps=args.sft_steps, seed=args.seed)
+    with owning(args.output_dir, f"demo folder {args.output_dir}"):
+        run_demo(Path(args.output_dir), model=args.model, n=args.rows, progress=args.progress,
+                 sft_steps=args.sft_steps, seed=args.seed)
     return 0

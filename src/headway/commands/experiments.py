@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..locks import owning
 from ..settings import EvalArgs, ExperimentArgs, MixArgs, ModesArgs, SelectArgs
 from .common import load_model, load_task
 
@@ -65,9 +66,11 @@ def mix(args: MixArgs) -> int:
     """``headway mix``: pattern-guided mixture vs random mixture vs target-only SFT."""
     from ..experiments.mix import run_mix
 
-    run_mix(experiment(args), args.basics, total=args.total, stage1_steps=args.stage1_steps,
-            stage2_steps=args.stage2_steps, delta_rows=args.delta_rows,
-            delta_steps=args.delta_steps, probe_rows=args.probe_rows)
+    with owning(args.output_dir, f"experiment folder {args.output_dir}"):
+        run_mix(experiment(args), args.basics, total=args.total,
+                stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                delta_rows=args.delta_rows, delta_steps=args.delta_steps,
+                probe_rows=args.probe_rows)
     return 0
 
 
@@ -75,9 +78,10 @@ def select(args: SelectArgs) -> int:
     """``headway select``: the most similar pool rows vs random pool rows."""
     from ..experiments.select import run_select
 
-    run_select(experiment(args), args.basics, pool_rows=args.pool_rows, n=args.top_n,
-               stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-               similarity=args.similarity)
+    with owning(args.output_dir, f"experiment folder {args.output_dir}"):
+        run_select(experiment(args), args.basics, pool_rows=args.pool_rows, n=args.top_n,
+                   stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                   similarity=args.similarity)
     return 0
 
 
@@ -85,7 +89,8 @@ def modes(args: ModesArgs) -> int:
     """``headway modes``: head-selective SFT vs LoRA vs full SFT at equal steps."""
     from ..experiments.modes import run_modes
 
-    run_modes(experiment(args), steps=args.steps, top_k=args.top_k, lora_r=args.lora_r,
-              learning_rates={"full": args.learning_rate, "lora": args.lr_lora,
-                              "heads": args.lr_heads})
+    with owning(args.output_dir, f"experiment folder {args.output_dir}"):
+        run_modes(experiment(args), steps=args.steps, top_k=args.top_k, lora_r=args.lora_r,
+                  learning_rates={"full": args.learning_rate, "lora": args.lr_lora,
+                                  "heads": args.lr_heads})
     return 0

@@ -31,7 +31,8 @@ def probe_tasks(args: TrajectoryArgs) -> dict:
     for item in args.probes:
         name, _, source = item.rpartition("=") if "=" in item else ("", "", item)
         task = load_task(TaskSpec(source=source, n=args.rows, offset=args.offset,
-                                  seed=args.seed, split=args.split, config=args.config,
+                                  seed=args.seed, shuffle=args.shuffle, split=args.split,
+                                  config=args.config,
                                   prompt_field=args.prompt_field,
                                   response_field=args.response_field, name=name or None))
         if task.name in probes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from ..settings import ScoreArgs, ShowArgs, TasksArgs
@@ -39,17 +40,31 @@ def score(args: ScoreArgs) -> int:
 
 def show(args: ShowArgs) -> int:
     """Print a pattern's top heads and concentration; write its heatmap."""
+    import torch
+
+    from ..errors import HeadwayError
     from ..patterns import ActivationPattern, pattern_paths
     from ..report.figures import heatmap
     from ..stats import concentration
+    from ..storage import check_writable
 
     pattern = ActivationPattern.load(args.pattern)
+    png = Path(args.heatmap) if args.heatmap else pattern_paths(args.pattern)[0].with_suffix(".png")
+    check_writable(png.parent, "heatmap folder")
+    scores = pattern.scores
+    if not bool(torch.isfinite(scores).all()):
+        raise HeadwayError(f"{pattern_paths(args.pattern)[0]}: {int((~torch.isfinite(scores)).sum())}"
+                           f" of its {scores.numel()} scores are NaN or infinite: the scoring "
+                           f"overflowed", hint="score again in float32 (--dtype float32)")
+    if not bool((scores != 0).any()):
+        print(f"headway: warning: every score of {args.pattern} is 0: no head carries the loss "
+              f"(in float16 the gradients may have underflowed; see n_zero_scores in its JSON); "
+              f"Gini and CV are 0 by definition", file=sys.stderr)
     top = pattern.top_heads(args.top_k)
-    stats = concentration(pattern.scores.numpy())
+    stats = concentration(scores.numpy())
     task = pattern.meta.get("task", {}).get("name", "?")
     model = pattern.meta.get("model", {}).get("name", "?")
-    png = Path(args.heatmap) if args.heatmap else pattern_paths(args.pattern)[0].with_suffix(".png")
-    heatmap(pattern.scores.numpy(), png, title=f"{task} on {model}", top=top[:5])
+    heatmap(scores.numpy(), png, title=f"{task} on {model}", top=top[:5])
     if args.json:
         print(json.dumps({"top_heads": [{"layer": l, "head": h, "score": s} for l, h, s in top],
                           **stats, "heatmap": str(png)}, indent=2))

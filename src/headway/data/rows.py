@@ -66,7 +66,8 @@ def task_record(task: Task) -> dict:
     from dataclasses import asdict
 
     return {"name": task.name, "source": task.source, "data_hash": task.data_hash,
-            "spec": asdict(task.spec)}
+            "spec": asdict(task.spec), "prompt_field": task.prompt_field,
+            "response_field": task.response_field}
 
 
 def _build(spec, where, default_name, indices, prompts, responses, prompt_field, response_field) -> Task:
@@ -97,9 +98,15 @@ def _resolve_field(explicit, candidates, columns, role, where) -> str:
         if explicit not in columns:
             raise TaskError(f"{where}: {role}_field {explicit!r} is not a column; columns are {columns}")
         return explicit
-    for name in candidates:
-        if name in columns:
-            return name
+    found = [name for name in candidates if name in columns]
+    if len(found) > 1:
+        import sys
+
+        print(f"headway: note: {where}: columns {', '.join(map(repr, found))} could each be the "
+              f"{role}; using {found[0]!r} (--{role}-field, {role}_field=, chooses another)",
+              file=sys.stderr)
+    if found:
+        return found[0]
     raise TaskError(f"{where}: no {role} column found; columns are {columns}, tried {list(candidates)}; "
                     f"pass {role}_field=<column> (command line: --{role}-field <column>)")
 

@@ -9,6 +9,7 @@ waiting on the hub.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import json
@@ -17,6 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
+from ..hub import cache_problem
 from ..progress import quiet_hf_progress
 from .rows import TaskError, _describe
 
@@ -60,20 +62,51 @@ def load_file(path: Path, where: str):
     builder = FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise TaskError(f"{where}: unsupported file type {path.suffix!r}; use one of {sorted(FILE_BUILDERS)}")
+    check_utf8(path, where)
     kwargs = {}
     try:
-        if builder == "csv":
-            with open(path, newline="", encoding="utf-8") as f:
+        if builder == "csv":  # utf-8-sig: Excel starts its UTF-8 CSV files with a BOM
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
             kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
-                      "keep_default_na": False}
+                      "keep_default_na": False, "encoding": "utf-8-sig"}
         with quiet_hf_progress():
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as exc:
+        if (cache := cache_problem(exc)) is not None:
+            raise cache from exc
         if has_no_rows(path, builder):
             raise TaskError(f"{where}: no rows", hint=EMPTY_HINT) from exc
         bad = _first_bad_json_line(path) if path.suffix.lower() == ".jsonl" else ""
         raise TaskError(f"{where}: cannot read as {builder}{bad}: {_describe(exc)}") from exc
+
+
+def check_utf8(path: Path, where: str) -> None:
+    """Raise TaskError naming the line and byte when a text file (.jsonl .json .csv) is not
+    UTF-8 (Parquet is binary and checked by its reader)."""
+    if path.suffix.lower() == ".parquet":
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, offset = 1, 0
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as err:
+                    at = offset + err.start
+                    line += block[:err.start].count(b"\n")
+                    raise TaskError(f"{where}: line {line} is not UTF-8 text (byte "
+                                    f"0x{block[err.start]:02x} at offset {at})",
+                                    hint="save the file as UTF-8 (most editors and pandas' "
+                                         "to_csv / to_json do by default)") from None
+                line += block.count(b"\n")
+                offset += len(block)
+            decoder.decode(b"", final=True)
+    except OSError as err:
+        raise TaskError(f"{where}: cannot read it: {err.strerror or err}") from err
+    except UnicodeDecodeError:
+        raise TaskError(f"{where}: ends inside a UTF-8 character (the file was cut?)") from None
 
 
 def has_no_rows(path: Path, builder: str) -> bool:
@@ -84,7 +117,7 @@ def has_no_rows(path: Path, builder: str) -> bool:
             if not f.read(1 << 16).strip() and not f.read(1):
                 return True
         if builder == "csv":
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 rows = (row for row in csv.reader(f) if any(cell.strip() for cell in row))
                 return len(list(islice(rows, 2))) <= 1
         if path.suffix.lower() == ".json" and path.stat().st_size < 1 << 24:
@@ -117,6 +150,8 @@ def load_folder(path: Path, split: str, where: str):
         with quiet_hf_progress():
             return datasets.load_dataset(str(path), split=split)
     except Exception as exc:
+        if (cache := cache_problem(exc)) is not None:
+            raise cache from exc
         raise TaskError(f"{where}: cannot load the folder as a dataset: {_describe(exc)}") from exc
 
 
@@ -128,7 +163,7 @@ def load_hub(spec, builtins: Sequence[str]):
     try:
         return datasets.load_dataset(spec.source, spec.config, split=spec.split)
     except Exception as exc:
-        raise _hub_error(spec, builtins, exc) from exc
+        raise cache_problem(exc) or _hub_error(spec, builtins, exc) from exc
 
 
 def offline_flags() -> list[str]:

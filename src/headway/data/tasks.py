@@ -17,6 +17,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
+from ..hub import reachable_or_offline
 from .rows import (
     PROMPT_FIELDS,
     RESPONSE_FIELDS,
@@ -79,6 +80,7 @@ def load_task(spec: TaskSpec | str, **overrides) -> Task:
         where = f"{path.resolve()} (split={spec.split})"
         return _from_table(spec, load_folder(path, spec.split, where), where, path.resolve().name)
     check_hub_source(source, list(BUILTIN_TASKS))  # fails fast for typos and missing paths
+    reachable_or_offline()  # no network: offline at once, not after a minute of retries
     where = f"{source} (config={spec.config}, split={spec.split})"
     return _from_table(spec, load_hub(spec, list(BUILTIN_TASKS)), where, source.split("/")[-1])
 

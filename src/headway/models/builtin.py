@@ -90,12 +90,17 @@ def builtin_model_folder(alias: str) -> Path:
     target = cache_dir() / "models" / alias
     if (target / "headway_source.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # several processes (torchrun) may arrive here at once: one converts, the others wait
-    with open(target.parent / f".{alias}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "headway_source.json").is_file():
-            _convert_gguf(alias, gguf, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # several processes (torchrun) may arrive here at once: one converts, the others wait
+        with open(target.parent / f".{alias}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (target / "headway_source.json").is_file():
+                _convert_gguf(alias, gguf, target)
+    except PermissionError as err:
+        raise ModelError(f"cannot write headway's cache {target.parent} to convert the "
+                         f"built-in model once: permission denied",
+                         hint="set HEADWAY_CACHE to a folder you can write") from err
     return target
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..hub import reachable_or_offline
 from ..progress import quiet_hf_progress
 from .adapters import (
     HEAD_ADAPTER_CONFIG,
@@ -222,6 +223,7 @@ def load_model(name: str, dtype: str | torch.dtype = "float32", revision: str | 
                          f"weights, or a built-in alias ({', '.join(BUILTIN_MODELS)})")
     else:
         check_hub_id(name)
+        reachable_or_offline()  # no network: offline at once, not after a minute of retries
         path, rev, where = name, revision or "main", name
     local = Path(str(path)).is_dir()  # hub downloads keep their progress bars
     kwargs = {"revision": revision} if revision and not local else {}

@@ -29,6 +29,16 @@ class ScoringError(HeadwayError, ValueError):
     """Bad scoring arguments (unknown convention or method, empty input)."""
 
 
+def check_batch_size(batch_size: int | None, convention: str) -> int:
+    """``batch_size``, or the convention's default for None; an error below 1."""
+    if batch_size is None:
+        return default_batch_size(convention)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ScoringError(f"batch_size is {batch_size!r}: rows per batch must be an integer "
+                           f">= 1 (None: {default_batch_size(convention)}, the default)")
+    return batch_size
+
+
 def objective(loss_sum: torch.Tensor, n_tokens: torch.Tensor, convention: str) -> torch.Tensor:
     """The scalar L whose gradient defines the scores (see the module docstring)."""
     if convention == "sample":

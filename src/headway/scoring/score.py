@@ -35,14 +35,15 @@ from torch import nn
 
 from ..data.batching import collate, make_batches
 from ..distributed import barrier, rank_world
+from ..locks import owning
 from ..models.placement import input_device
 from ..models.sharding import is_sharded
-from ..storage import atomic_save_tensors
+from ..storage import atomic_save_tensors, check_free_space
 from .head_scores import (
     CONVENTIONS,
     METHODS,
     ScoringError,
-    default_batch_size,
+    check_batch_size,
     gate_scores,
     reference_scores,
 )
@@ -118,8 +119,9 @@ class ScoreCheckpoint:
         reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
         _warn(f"{self.path}: unreadable resume file ({reason}); {where}; scoring starts over")
 
-    def save(self, state: dict[str, torch.Tensor]) -> None:
-        if self.path and time.monotonic() - self.last_save >= self.every_s:
+    def save(self, state: dict[str, torch.Tensor], force: bool = False) -> None:
+        """Write ``state`` when ``every_s`` seconds passed since the last write (or ``force``)."""
+        if self.path and (force or time.monotonic() - self.last_save >= self.every_s):
             atomic_save_tensors(self.path, state, metadata={"key": self.key,
                                                             "elapsed_s": f"{self.elapsed():.3f}"})
             self.last_save = time.monotonic()
@@ -160,7 +162,7 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
         raise ScoringError(f"unknown method {method!r}; choose one of {METHODS}")
     if not encoded:
         raise ScoringError("nothing to score: no rows left after encoding")
-    batch_size = batch_size or default_batch_size(convention)
+    batch_size = check_batch_size(batch_size, convention)
     N = len(encoded)
     fresh = {"per_sample": torch.zeros(N, n_layers, n_heads), "loss": torch.zeros(N),
              "done": torch.zeros(N, dtype=torch.bool)}
@@ -179,21 +181,26 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     done = sum(int(state["done"][rows].sum()) for rows in batches if rows is not None)
     with eval_mode(model), tqdm(total=mine, initial=done, desc=desc, unit="sample",
               disable=not progress or rank != 0, dynamic_ncols=True) as bar:
-        for rows in batches:
-            if rows is None:
-                step(model, collate([encoded[i] for i in spare], pad_id, pad_to, device),
-                     n_heads, convention)
-                continue
-            if bool(state["done"][rows].all()) and not sharded:
-                continue
-            batch = collate([encoded[i] for i in rows], pad_id, pad_to, device)
-            scores, loss_sum, n_tokens = step(model, batch, n_heads, convention)
-            state["per_sample"][rows] = scores.cpu()
-            state["loss"][rows] = (loss_sum / n_tokens.clamp(min=1)).float().cpu()
-            state["done"][rows] = True
-            bar.update(len(rows))
+        try:
+            for rows in batches:
+                if rows is None:
+                    step(model, collate([encoded[i] for i in spare], pad_id, pad_to, device),
+                         n_heads, convention)
+                    continue
+                if bool(state["done"][rows].all()) and not sharded:
+                    continue
+                batch = collate([encoded[i] for i in rows], pad_id, pad_to, device)
+                scores, loss_sum, n_tokens = step(model, batch, n_heads, convention)
+                state["per_sample"][rows] = scores.cpu()
+                state["loss"][rows] = (loss_sum / n_tokens.clamp(min=1)).float().cpu()
+                state["done"][rows] = True
+                bar.update(len(rows))
+                if checkpoint:
+                    checkpoint.save(state)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep every finished batch
             if checkpoint:
-                checkpoint.save(state)
+                checkpoint.save(state, force=True)
+            raise
     if world > 1:  # each row was computed by one process and is zero in the others
         for name in ("per_sample", "loss"):
             summed = state[name].to(device)
@@ -225,7 +232,7 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
     encoded, stats = encode_examples(task.examples, lm.tokenizer, template=template,
                                      max_length=max_length, overlong=overlong, source=task.source,
                                      prompt_field=getattr(task, "prompt_field", None))
-    batch_size = batch_size or default_batch_size(convention)
+    batch_size = check_batch_size(batch_size, convention)
     settings = {"convention": convention, "method": method, "batch_size": batch_size,
                 "template": template, "max_length": max_length, "overlong": overlong}
     key = {"model": lm.describe(), "data_hash": task.data_hash, **settings}
@@ -235,28 +242,33 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
         tensor_file, _ = pattern_paths(save_to)
         suffix = ".partial.safetensors" if world == 1 else f".partial-{rank}-of-{world}.safetensors"
         checkpoint = ScoreCheckpoint(tensor_file.with_suffix(suffix), key)
-    result = score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.pad_id,
-                           convention=convention, method=method, batch_size=batch_size,
-                           pad_to=pad_to, progress=progress, checkpoint=checkpoint,
-                           desc=f"scoring {task.name}")
-    per_sample = result["per_sample"]
-    meta = pattern_meta(
-        lm.describe(), task_record(task), settings, n_samples=len(encoded),
-        mean_loss=float(result["loss"].mean()),
-        n_input_rows=stats.n_in, n_truncated=stats.n_truncated, n_dropped=stats.n_dropped,
-        n_tokens=stats.n_tokens, n_response_tokens=stats.n_response_tokens,
-        n_zero_scores=int((per_sample == 0).sum()),  # underflow shows here (float16)
-        elapsed_s=round(checkpoint.elapsed() if checkpoint else time.perf_counter() - start, 3),
-        world_size=world)  # elapsed_s: over every session of a resumed run
-    pattern = ActivationPattern(
-        scores=per_sample.abs().mean(0), meta=meta,
-        per_sample=per_sample if keep_per_sample else None, loss=result["loss"],
-        index=torch.tensor([e.index for e in encoded], dtype=torch.long))
-    if save_to:
-        if rank == 0:
-            pattern.save(save_to)
-        barrier()
-        checkpoint.remove()
+        if rank == 0:  # the result and its resume file: N x L x H float32 scores each
+            check_free_space(tensor_file.parent, 2 * 4 * len(encoded) * lm.n_layers
+                             * lm.n_heads + (1 << 20), "the scores of this task")
+    # one process scores into these files at a time (the resume file is theirs too)
+    with owning(save_to, f"output {save_to}") if save_to else contextlib.nullcontext():
+        result = score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.pad_id,
+                               convention=convention, method=method, batch_size=batch_size,
+                               pad_to=pad_to, progress=progress, checkpoint=checkpoint,
+                               desc=f"scoring {task.name}")
+        per_sample = result["per_sample"]
+        meta = pattern_meta(
+            lm.describe(), task_record(task), settings, n_samples=len(encoded),
+            mean_loss=float(result["loss"].mean()),
+            n_input_rows=stats.n_in, n_truncated=stats.n_truncated, n_dropped=stats.n_dropped,
+            n_tokens=stats.n_tokens, n_response_tokens=stats.n_response_tokens,
+            n_zero_scores=int((per_sample == 0).sum()),  # underflow shows here (float16)
+            elapsed_s=round(checkpoint.elapsed() if checkpoint else time.perf_counter() - start, 3),
+            world_size=world)  # elapsed_s: over every session of a resumed run
+        pattern = ActivationPattern(
+            scores=per_sample.abs().mean(0), meta=meta,
+            per_sample=per_sample if keep_per_sample else None, loss=result["loss"],
+            index=torch.tensor([e.index for e in encoded], dtype=torch.long))
+        if save_to:
+            if rank == 0:
+                pattern.save(save_to)
+            barrier()
+            checkpoint.remove()
     return pattern
 
 

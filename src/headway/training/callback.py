@@ -43,6 +43,7 @@ from ..models.sharding import is_sharded
 from ..patterns import ActivationPattern, pattern_meta
 from ..scoring.score import score_encoded
 from ..stats import concentration
+from ..stopping import stop_requested
 from ..storage import atomic_save_tensors, atomic_write_json
 from .records import read_metrics, truncate_metrics
 from .weight_change import relative_change
@@ -236,6 +237,8 @@ class PatternCallback(TrainerCallback):
         return bool(self.every) and step % self.every == 0
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if stop_requested():  # SIGTERM: leave the grace period to the checkpoint
+            return
         self.record(model, state.global_step, state)  # once: done steps are skipped
         if self.is_main and self.manifest is not False:
             self._write_manifest(args, state, model, status="finished",

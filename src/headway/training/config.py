@@ -159,6 +159,37 @@ def _coerce(value, kind, where: str):
     raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
+# the values each numeric field accepts (TRL's and PyTorch's ranges, and headway's own):
+# (lowest, highest, whether the lowest is allowed)
+RANGES = {
+    "rows": (1, None, True), "offset": (0, None, True), "max_length": (1, None, True),
+    "top_k": (1, None, True), "lora_r": (1, None, True), "lora_alpha": (0, None, False),
+    "lora_dropout": (0, 1, True), "learning_rate": (0, None, True),
+    "warmup_steps": (0, None, True), "weight_decay": (0, None, True),
+    "per_device_train_batch_size": (1, None, True), "gradient_accumulation_steps": (1, None, True),
+    "num_train_epochs": (0, None, False), "logging_steps": (1, None, True),
+    "save_steps": (0, None, True), "save_total_limit": (1, None, True),
+    "probe_rows": (1, None, True), "track_every": (0, None, True),
+}
+
+
+def check_ranges(c, where: str = "config") -> None:
+    """Refuse a value outside its field's range (:data:`RANGES`), naming the field, before
+    anything is loaded or written; ``max_steps`` <= 0 needs ``num_train_epochs`` > 0."""
+    for name, (low, high, inclusive) in RANGES.items():
+        value = getattr(c, name, None)
+        if value is None:
+            continue
+        below = value < low if inclusive else value <= low
+        if below or (high is not None and value > high):
+            bound = (f"{'>=' if inclusive else '>'} {low}" if high is None
+                     else f"between {low} and {high}")
+            raise ConfigError(f"{where}: {name} is {value}; it must be {bound}")
+    if c.max_steps <= 0 and c.num_train_epochs <= 0:
+        raise ConfigError(f"{where}: max_steps is {c.max_steps} and num_train_epochs "
+                          f"{c.num_train_epochs}: nothing to train")
+
+
 def validate(c: TrainConfig, where: str = "config") -> None:
     if c.mode not in MODES:
         raise ConfigError(f"{where}: mode {c.mode!r} is not one of {MODES}")
@@ -166,11 +197,7 @@ def validate(c: TrainConfig, where: str = "config") -> None:
         raise ConfigError(f"{where}: mode 'heads' needs 'heads' (LAYER.HEAD ...) or 'heads_from'")
     if c.mode != "heads" and (c.heads or c.heads_from):
         raise ConfigError(f"{where}: 'heads' / 'heads_from' need mode 'heads' (mode is {c.mode!r})")
-    for name in ("rows", "probe_rows", "per_device_train_batch_size", "gradient_accumulation_steps"):
-        if getattr(c, name) < 1:
-            raise ConfigError(f"{where}: {name} must be >= 1 (got {getattr(c, name)})")
-    if c.track_every < 0 or c.save_steps < 0:
-        raise ConfigError(f"{where}: track_every and save_steps must be >= 0")
+    check_ranges(c, where)
     if c.head_training not in ("adapter", "mask"):
         raise ConfigError(f"{where}: head_training {c.head_training!r} is not adapter or mask")
     if c.track_schedule not in ("every", "log"):

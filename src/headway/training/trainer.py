@@ -25,6 +25,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..progress import quiet_hf_progress
+from ..stopping import Terminated, graceful, stop_requested
 from .config import (  # noqa: F401  (re-exported)
     ConfigError,
     TrainConfig,
@@ -103,7 +104,7 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     from ..distributed import barrier
     from ..models.loading import load_model
     from ..patterns import library_versions
-    from ..storage import atomic_write_json, check_writable
+    from ..storage import atomic_write_json, check_free_space, check_writable
     from .callback import PatternCallback
     from .head_adapter import add_head_adapter
     from .heads import HeadSelection, parse_heads, top_heads_from_file
@@ -172,6 +173,10 @@ def _train(c: TrainConfig, state, train_task) -> dict:
 
     # everything is validated and loaded: only now may the folder change
     if state.is_main_process:
+        trainable = 0 if c.mode == "lora" else sum(
+            p.numel() for p in lm.model.parameters() if p.requires_grad)
+        check_free_space(run, written_bytes(c, lm.model, trainable),
+                         "a checkpoint and the final weights of this run")
         prepare_run(plan, c, data)
     barrier()  # every process reads the same metrics.jsonl below
     args = SFTConfig(
@@ -217,6 +222,7 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     if selection is not None:
         n_trainable = selection.n_trainable
+
     manifest = {
         "kind": "headway.TrainRun", "format_version": 1, "status": "running",
         "model": lm.describe(), "mode": c.mode,
@@ -237,8 +243,11 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     }
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
-    with contextlib.nullcontext() if c.progress else quiet_hf_progress():
+    trainer.add_callback(StopOnRequest())
+    with contextlib.nullcontext() if c.progress else quiet_hf_progress(), graceful():
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if stop_requested():  # SIGTERM: the Trainer saved this step's checkpoint and stopped
+        raise Terminated(f"the run saved checkpoint-{trainer.state.global_step} and stopped;")
     loss = mean_train_loss(trainer.state.log_history)
     manifest.update(status="finished", global_step=trainer.state.global_step,
                     **marker.seconds(),  # over every session of the run
@@ -248,6 +257,15 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
     return manifest
+
+
+def written_bytes(c: TrainConfig, model, n_trainable: int) -> int:
+    """About how much a run writes at once: a checkpoint (the weights in their dtype, the
+    trainable ones again as AdamW's two float32 moments) when ``save_steps``, and the final
+    weights when ``save_final``."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    checkpoint = weights + 2 * 4 * n_trainable if c.save_steps else 0
+    return checkpoint + (weights if c.save_final else 0)
 
 
 def save_final(trainer, lm, c: TrainConfig, folder: Path, is_main: bool) -> None:
@@ -334,6 +352,24 @@ def finished_run(config: TrainConfig) -> bool:
         return False
     return (before is not None and status == "finished"
             and not changed_fields(before, identity(config, train_data(config))))
+
+
+class StopOnRequest(TrainerCallback):
+    """After a SIGTERM (:mod:`headway.stopping`), save a checkpoint at the end of the current
+    step and stop. Every process learns of the request at the same step (a collective), so
+    that all of them save and stop together."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import torch
+
+        from ..models.sharding import max_over_processes
+
+        asked = torch.tensor([float(stop_requested())])
+        if args.world_size > 1:
+            asked = max_over_processes(asked, args.device)
+        if float(asked) > 0:
+            control.should_save = True
+            control.should_training_stop = True
 
 
 class RestoreUnselected(TrainerCallback):

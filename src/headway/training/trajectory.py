@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from ..errors import HeadwayError
+from ..locks import owning
 
 _STEP = re.compile(r"checkpoint-(\d+)$")
 
@@ -80,40 +81,41 @@ def trajectory(checkpoints, base: str, probes: dict, *, output_dir=None,
             raise HeadwayError("trajectory over a list of checkpoints needs output_dir")
         output_dir = Path(checkpoints) / "headway-trajectory"
     out = check_writable(output_dir)
-    start = load_model(base, dtype=dtype, device=device)
-    recorder = PatternCallback(probes, start.tokenizer, every=0, template=template,
-                               max_length=max_length, overlong=overlong, batch_size=batch_size,
-                               manifest=False)
-    recorder.prepare(out, start.tokenizer, start.describe(),
-                     initial=start_weights(start.model))
-    key = {"base": start.describe(), "probes": [p.task for p in recorder.probes],
-           "settings": recorder.settings, "checkpoints": [str(p) for _, p in steps]}
-    manifest_file = out / "manifest.json"
-    old = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    if old.get("key") == key:  # the same trajectory: keep what it recorded
-        recorder.done = {r["step"] for r in read_metrics(out / "metrics.jsonl")
-                         if r["kind"] == "probe"}
-        recorder._load_first()
-    else:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    atomic_write_json(manifest_file, {
-        "kind": "headway.TrainRun", "format_version": 1, "status": "running", "key": key,
-        "written_by": "headway.trajectory", "model": start.describe(),
-        "mode": "lora" if any((p / "adapter_config.json").is_file() for _, p in steps)
-        else "full", "train_task": {"name": recorder.probes[0].name},
-        "probes": [{**p.task, "n": len(p.encoded)} for p in recorder.probes],
-        "checkpoints": [{"step": s, "path": str(p)} for s, p in steps]})
-    bar = tqdm(total=len(steps) + 1, desc="trajectory", unit="checkpoint",
-               disable=not progress, dynamic_ncols=True)
-    with bar:
-        for step, path in [(0, None), *steps]:
-            if step not in recorder.done:
-                lm = start if path is None else load_model(str(path), dtype=dtype, device=device,
-                                                           tokenizer=start.tokenizer)
-                recorder.model_info = lm.describe()
-                recorder.record(lm.model, step)
-                del lm
-            bar.update(1)
-    atomic_write_json(manifest_file, {**json.loads(manifest_file.read_text()),
-                                      "status": "finished", "global_step": steps[-1][0]})
+    with owning(out, f"trajectory folder {out}"):
+        start = load_model(base, dtype=dtype, device=device)
+        recorder = PatternCallback(probes, start.tokenizer, every=0, template=template,
+                                   max_length=max_length, overlong=overlong, batch_size=batch_size,
+                                   manifest=False)
+        recorder.prepare(out, start.tokenizer, start.describe(),
+                         initial=start_weights(start.model))
+        key = {"base": start.describe(), "probes": [p.task for p in recorder.probes],
+               "settings": recorder.settings, "checkpoints": [str(p) for _, p in steps]}
+        manifest_file = out / "manifest.json"
+        old = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        if old.get("key") == key:  # the same trajectory: keep what it recorded
+            recorder.done = {r["step"] for r in read_metrics(out / "metrics.jsonl")
+                             if r["kind"] == "probe"}
+            recorder._load_first()
+        else:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        atomic_write_json(manifest_file, {
+            "kind": "headway.TrainRun", "format_version": 1, "status": "running", "key": key,
+            "written_by": "headway.trajectory", "model": start.describe(),
+            "mode": "lora" if any((p / "adapter_config.json").is_file() for _, p in steps)
+            else "full", "train_task": {"name": recorder.probes[0].name},
+            "probes": [{**p.task, "n": len(p.encoded)} for p in recorder.probes],
+            "checkpoints": [{"step": s, "path": str(p)} for s, p in steps]})
+        bar = tqdm(total=len(steps) + 1, desc="trajectory", unit="checkpoint",
+                   disable=not progress, dynamic_ncols=True)
+        with bar:
+            for step, path in [(0, None), *steps]:
+                if step not in recorder.done:
+                    lm = start if path is None else load_model(str(path), dtype=dtype, device=device,
+                                                               tokenizer=start.tokenizer)
+                    recorder.model_info = lm.describe()
+                    recorder.record(lm.model, step)
+                    del lm
+                bar.update(1)
+        atomic_write_json(manifest_file, {**json.loads(manifest_file.read_text()),
+                                          "status": "finished", "global_step": steps[-1][0]})
     return out
