@@ -11,6 +11,12 @@ Points:
     probe-record:S       while the probe record of step S is written: after its patterns,
                          before its parameter change and its metrics line
     scoring-batch:N      when scoring batch N+1 starts (N batches done and kept)
+
+Pauses (the process waits, so that a test can act while it is busy; it says
+``headway-test: paused`` on stderr when the pause starts, and goes on once the file
+HEADWAY_RESUME_FILE exists, or after HEADWAY_PAUSE_S seconds, default 120):
+    pause-step:S         at the end of optimizer step S
+    pause-batch:N        when scoring batch N+1 starts (N batches done and kept)
 """
 
 from __future__ import annotations
@@ -26,8 +32,49 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def pause() -> None:
+    import time
+    from pathlib import Path
+
+    print("headway-test: paused", file=sys.stderr, flush=True)
+    resume = Path(os.environ.get("HEADWAY_RESUME_FILE", "/nonexistent"))
+    until = time.monotonic() + float(os.environ.get("HEADWAY_PAUSE_S", "120"))
+    while time.monotonic() < until and not resume.exists():
+        time.sleep(0.05)
+
+
 def install(point: str, n: int) -> None:
-    if point == "checkpoint-write":
+    if point == "pause-step":
+        from headway.training import trainer as training
+
+        real = training.StopOnRequest.on_step_end
+
+        def on_step_end(self, args, state, control, **kw):  # pause, then see a request
+            if state.global_step == n:
+                pause()
+            return real(self, args, state, control, **kw)
+
+        training.StopOnRequest.on_step_end = on_step_end
+    elif point == "pause-batch":
+        from headway.scoring import score as scoring
+
+        real_init = scoring.ScoreCheckpoint.__init__
+        real_gate = scoring.gate_scores
+        calls = [0]
+
+        def init(self, *args, **kw):
+            real_init(self, *args, **kw)
+            self.every_s = 0.0  # keep every finished batch
+
+        def gate(*args, **kw):
+            if calls[0] == n:
+                pause()
+            calls[0] += 1
+            return real_gate(*args, **kw)
+
+        scoring.ScoreCheckpoint.__init__ = init
+        scoring.gate_scores = gate
+    elif point == "checkpoint-write":
         from transformers import Trainer
 
         real = Trainer._save_optimizer_and_scheduler

@@ -264,3 +264,148 @@ def test_encode_examples_keeps_its_old_call(byte_tokenizer):
     with pytest.raises(TaskError, match="my.jsonl: row 4: the prompt alone has"):
         encode_examples([Example("a long question", "yes", 4)], byte_tokenizer, "qa", 10,
                         "truncate", "my.jsonl")
+
+
+# ------------------------------------------------------------------ the last tracebacks
+
+
+def subprocess_headway(argv, env_changes: dict, cwd=None):
+    """``headway ARGV`` in a fresh process whose environment differs by ``env_changes``
+    (None removes a variable): for settings read when libraries are imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return subprocess.run([sys.executable, "-m", "headway.cli", *map(str, argv)], env=env,
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def one_error(stderr: str) -> str:
+    """The single error line of ``stderr`` (notes and warnings before it are allowed)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("headway: error")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["score", "train", "eval"])
+def test_non_utf8_bytes_in_a_jsonl_name_the_line(llama_dir, tmp_path, capsys, command):
+    data = tmp_path / "rows.jsonl"
+    data.write_bytes(b'{"question": "q0", "answer": "a0"}\n{"question": "q\xff", "answer": "a"}\n')
+    argv = {"score": ["score", "--model", llama_dir, "--task", data, "-o", tmp_path / "p"],
+            "train": ["train", "--model", llama_dir, "--task", data, "--rows", "2",
+                      "--output_dir", tmp_path / "run"],
+            "eval": ["eval", "--model", llama_dir, "--task", data]}[command]
+    err = cli_error(capsys, *argv)
+    assert f"{data}: line 2 is not UTF-8 text (byte 0xff at offset 50)" in err
+
+
+def test_an_excel_csv_with_a_bom_is_read(llama_dir, tmp_path, capsys):
+    data = tmp_path / "excel.csv"
+    data.write_bytes("\ufeffquestion,answer\nWhat is 2 + 2?,4\nWhat is 3 + 3?,6\n".encode())
+    assert main(["score", "--model", str(llama_dir), "--task", str(data), "-o",
+                 str(tmp_path / "p"), "--no-progress"]) == 0
+    pattern = ActivationPattern.load(tmp_path / "p")
+    assert pattern.meta["n_samples"] == 2 and pattern.meta["task"]["prompt_field"] == "question"
+
+
+def test_two_prompt_columns_say_which_is_used(llama_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "both.jsonl", [{"prompt": "p", "question": "q", "answer": "a"}])
+    assert main(["score", "--model", str(llama_dir), "--task", str(data), "-o",
+                 str(tmp_path / "p"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "columns 'prompt', 'question' could each be the prompt; using 'prompt'" in err
+    assert ActivationPattern.load(tmp_path / "p").meta["task"]["prompt_field"] == "prompt"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["show", "{pattern}", "--top-k", "-3"], "--top-k is -3; it must be >= 1"),
+    (["show", "{pattern}", "--heatmap", "/sys/headway-test/x.png"],
+     "cannot write the heatmap folder /sys/headway-test"),
+    (["analyze", "--patterns", "{pattern}", "--bootstrap", "-1"], "--bootstrap is -1"),
+    (["analyze", "--patterns", "{pattern}", "--permutations", "0"], "--permutations is 0"),
+    (["analyze", "-o", "{tmp}/a"], "nothing to analyse"),
+    (["eval", "--model", "{model}", "--task", "arithmetic", "--max-new-tokens", "-5"],
+     "--max-new-tokens is -5"),
+    (["eval", "--model", "{model}", "--task", "arithmetic", "--batch-size", "-1"],
+     "--batch-size is -1"),
+    (["mix", "--total", "0", "-o", "{tmp}/mix"], "--total is 0"),
+    (["mix", "--stage1-steps", "-1", "-o", "{tmp}/mix"], "--stage1-steps is -1"),
+    (["score", "--model", "{model}", "--task", "arithmetic", "--batch-size", "0"],
+     "--batch-size is 0"),
+    (["report", "{tmp}/broken"], "broken/analysis.json: not a readable analysis.json"),
+])
+def test_values_and_files_checked_before_any_work(llama_dir, tmp_path, capsys, monkeypatch,
+                                                 argv, message):
+    import headway.models.loading
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    pattern = tmp_path / "pat"
+    ActivationPattern(scores=torch.rand(2, 4), meta={"task": {"name": "t"}}).save(pattern)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "analysis.json").write_text('{"patterns": {')
+    monkeypatch.setattr(headway.models.loading, "load_model", no_load)
+    filled = [a.format(pattern=pattern, tmp=tmp_path, model=llama_dir) for a in argv]
+    assert message in cli_error(capsys, *filled)
+
+
+def test_the_same_run_twice_counts_once(llama_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(llama_dir), "--task", "arithmetic", "--rows", "8",
+                 "--max_steps", "2", "--per_device_train_batch_size", "4", "--probe_rows", "4",
+                 "--output_dir", str(run), "--progress", "false", "--save_final", "false"]) == 0
+    assert main(["analyze", "--runs", str(run), str(run) + "/", "-o", str(tmp_path / "a")]) == 0
+    analysis = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert list(analysis["runs"]) == ["arithmetic"]
+
+
+def test_show_says_when_every_score_is_zero_and_refuses_nan(tmp_path, capsys):
+    zero, nan = tmp_path / "zero", tmp_path / "nan"
+    ActivationPattern(scores=torch.zeros(2, 4), meta={}).save(zero)
+    ActivationPattern(scores=torch.full((2, 4), float("nan")), meta={}).save(nan)
+    assert main(["show", str(zero)]) == 0
+    assert "every score of" in capsys.readouterr().err
+    assert "8 of its 8 scores are NaN or infinite" in cli_error(capsys, "show", nan)
+
+
+def test_headway_debug_false_keeps_tracebacks_off(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEADWAY_DEBUG", "false")
+    assert "no activation pattern" in cli_error(capsys, "show", tmp_path / "none")
+
+
+def test_unwritable_caches_are_named(tmp_path):
+    data = write_jsonl(tmp_path / "rows.jsonl", ROWS)
+    proc = subprocess_headway(["score", "--task", data, "-n", "2", "-o", tmp_path / "p"],
+                              {"HEADWAY_CACHE": "/sys/headway-test", "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert "cannot write headway's cache /sys/headway-test/models" in one_error(proc.stderr)
+    proc = subprocess_headway(["score", "--task", data, "-n", "2", "-o", tmp_path / "p"],
+                              {"HF_HOME": "/sys/hf-test", "HF_DATASETS_CACHE": None,
+                               "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    line = one_error(proc.stderr)
+    assert "cannot write the Hugging Face cache" in line and "rows.jsonl" not in line
+
+
+def test_a_hub_id_without_network_fails_fast(tmp_path):
+    """No network (an endpoint that refuses connections) and HF_HUB_OFFLINE unset: offline
+    mode at once, one note and one error, not a minute of retries."""
+    start = time.perf_counter()
+    proc = subprocess_headway(["score", "--model", "some-org/some-model", "--task",
+                               "arithmetic", "-n", "2", "-o", tmp_path / "p"],
+                              {"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None,
+                               "HF_ENDPOINT": "http://127.0.0.1:9"})
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 2
+    assert "did not answer within 3 s: working offline" in proc.stderr
+    assert "could not load model 'some-org/some-model' (offline mode is on" in one_error(
+        proc.stderr)
+    assert elapsed < 30, f"{elapsed:.0f} s"
