@@ -33,6 +33,18 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def broadcast_from_main(value):
+    """The main process's ``value`` on every process (a pickled object; unchanged for one
+    process). For what decides how many collective calls each process makes."""
+    if rank_world()[1] == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     """Wait for every process (no-op for a single process)."""
     if rank_world()[1] > 1:

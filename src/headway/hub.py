@@ -83,3 +83,17 @@ def cache_problem(err: BaseException | None) -> HeadwayError | None:
                                                 " to a folder you can write")
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None):
+    """The local folder of a hub model already in the Hugging Face cache (its weights and
+    configs), found without a network; None when it is not there."""
+    from pathlib import Path
+
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                      allow_patterns=["*.safetensors", "*.json"]))
+    except Exception:  # not cached, not a hub id, a revision not in the cache
+        return None

@@ -3,8 +3,9 @@ folder (or a pattern's files), released by the kernel when the process ends howe
 so a killed run never leaves a stale lock.
 
 The lock is the file ``.NAME.headway-lock`` beside the folder (inside it where the parent
-cannot be written); it records who holds it (PID, host, start time, command) so that a second
-process gets one line naming the holder. Under a launcher (torchrun, accelerate) the
+cannot be written), removed when the lock is released (a killed process leaves it behind,
+unlocked and harmless); it records who holds it (PID, host, start time, command) so that a
+second process gets one line naming the holder. Under a launcher (torchrun, accelerate) the
 processes of one launch share the lock: the main process takes it and every process learns
 the outcome, so all of them stop together.
 """
@@ -21,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .distributed import rank_world
+from .distributed import broadcast_from_main, rank_world
 from .errors import HeadwayError
 from .storage import check_writable
 
@@ -54,16 +55,24 @@ def _holder(path: Path) -> str:
 
 
 def _acquire(path: Path, what: str):
-    """The open lock file, locked; FolderBusy when another process holds it."""
+    """The open lock file, locked; FolderBusy when another process holds it. A file its
+    previous holder removed while this process was opening it is opened again."""
     check_writable(path.parent)  # one line for an output under a file or a read-only place
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise FolderBusy(f"{what} is in use by {_holder(path)}",
-                         hint="wait for it to finish (or stop it), or choose another output"
-                         ) from None
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise FolderBusy(f"{what} is in use by {_holder(path)}",
+                             hint="wait for it to finish (or stop it), or choose another "
+                                  "output") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file that was removed as it was released: try again
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -94,12 +103,9 @@ def owning(target: str | Path, what: str | None = None) -> Iterator[None]:
         except FolderBusy as err:
             error = err
     if world > 1:
-        import torch.distributed as dist
-
-        shared = [str(error) if error else None]
-        dist.broadcast_object_list(shared, src=0)
-        if shared[0] is not None and error is None:
-            error = FolderBusy(shared[0])
+        shared = broadcast_from_main(str(error) if error else None)
+        if shared is not None and error is None:
+            error = FolderBusy(shared)
     if error is not None:
         raise error
     try:
@@ -110,4 +116,5 @@ def owning(target: str | Path, what: str | None = None) -> Iterator[None]:
             if _HELD[key] == 0:
                 del _HELD[key]
                 if handle is not None:
-                    handle.close()  # closing releases the lock
+                    Path(path).unlink(missing_ok=True)  # while still locked, then release
+                    handle.close()

@@ -181,6 +181,11 @@ class ScoreArgs(TaskArgs, ModelArgs):
     batch_size: int | None = _f(None, "rows per batch (default 8; 4 with --convention paper)",
                                 min=1)
     per_sample: bool = _f(False, "also store every sample's signed L x H scores")
+    checkpoint_layers: bool | None = _f(None, "recompute each decoder layer in the backward "
+                                              "pass: the activations of about one layer are "
+                                              "held instead of all, for about a third more "
+                                              "time; the scores are the same (default: on "
+                                              "only when weights are offloaded)")
     output: str | None = _f(None, "output path without suffix (default runs/TASK)",
                             aliases=["-o"])
     progress: bool = _f(True, H_PROGRESS)

@@ -26,8 +26,14 @@ def load_model(args, state=None):
     process's device when launched with several, else cuda if available, else cpu)."""
     import torch
 
+    from ..errors import HeadwayError
     from ..models.loading import load_model
 
+    if state is not None and args.device_map:
+        raise HeadwayError("--device-map spreads one model over this machine's devices; it does "
+                           "not combine with several processes (torchrun / accelerate launch), "
+                           "which each load the whole model",
+                           hint="start one process with --device-map, or several without it")
     device = args.device or (state.device if state else
                              "cuda" if torch.cuda.is_available() else "cpu")
     return load_model(args.model, dtype=args.dtype, revision=args.revision,

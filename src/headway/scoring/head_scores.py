@@ -64,24 +64,33 @@ def frozen_weights(model: nn.Module) -> Iterator[None]:
 FP16_LOSS_SCALE = 2.0 ** 16  # the first scale tried in float16; halved on overflow
 
 
-def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str):
+def gate_scores(model: nn.Module, batch: dict, n_heads: int, convention: str,
+                per_token: list | None = None):
     """Fast path on one batch: ``(scores [B, L, H] signed float32, loss_sum [B], n_tokens [B])``
-    (see :class:`headway.hooks.HeadGate`).
+    (see :class:`headway.scoring.hooks.HeadGate`). With a list ``per_token``, each row's
+    contribution of every token position to every head's score is appended to it as one
+    ``[B, T, L, H]`` float32 tensor (summed over T it is ``scores``).
 
-    In float16 the backward pass runs on the loss times a scale (2^16, halved while any
-    gradient overflows) so that small gradients do not underflow to zero; the scores are
-    divided by it again in float32."""
-    half = _weight_dtype(model) == torch.float16
-    scale = FP16_LOSS_SCALE if half else 1.0
+    When float16 computes (float16 weights, or float16 autocast: the dtype that reaches the
+    output projections decides), the backward pass runs on the loss times a scale (2^16,
+    halved while any gradient overflows) so that small gradients do not underflow to zero;
+    the scores are divided by it again in float32."""
+    scale = None
     while True:
         with torch.enable_grad(), frozen_weights(model), \
-                head_gates(model, batch["input_ids"].shape[0], n_heads) as gates:
+                head_gates(model, batch["input_ids"].shape[0], n_heads,
+                           per_token is not None) as gates:
             loss_sum, n_tokens, _ = response_token_losses(model, batch)
+            if scale is None:  # the compute dtype is known once the forward pass has run
+                half = torch.float16 in gates.dtypes
+                scale = FP16_LOSS_SCALE if half else 1.0
             grads = torch.autograd.grad(objective(loss_sum, n_tokens, convention) * scale,
                                         gates)
         device = loss_sum.device
         scores = torch.stack([g.to(device) for g in grads], 1)
         if not half or scale <= 1.0 or _finite_everywhere(model, scores):
+            if per_token is not None:
+                per_token.append(torch.stack([t.to(device) for t in gates.tokens], 2) / scale)
             return scores / scale, loss_sum.detach(), n_tokens
         scale /= 2
 
@@ -96,11 +105,6 @@ def _finite_everywhere(model: nn.Module, scores: torch.Tensor) -> bool:
     if is_sharded(model):
         overflow = sum_over_processes(overflow)
     return float(overflow) == 0
-
-
-def _weight_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of the model's (first floating-point) weights."""
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 @contextlib.contextmanager

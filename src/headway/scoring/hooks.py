@@ -51,34 +51,54 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 class HeadGate(torch.autograd.Function):
     """``y = x`` (``[B, T, H*d]``), with ``∂L/∂gate[b, h] = Σ_t Σ_j x[b,t,h,j] ∂L/∂y[b,t,h,j]``
     computed in float32: exactly what a multiplicative gate g = 1 would receive, without
-    rounding the sum to the activation dtype."""
+    rounding the sum to the activation dtype. With a ``tokens`` list, the sum before it runs
+    over tokens, ``[B, T, H]`` float32, is put at ``tokens[layer]`` (per-token attribution)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, gate: torch.Tensor, tokens: list | None = None,
+                layer: int = 0) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.n_heads = gate.shape[-1]
+        ctx.n_heads, ctx.tokens, ctx.layer = gate.shape[-1], tokens, layer
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (x,) = ctx.saved_tensors
-        per_head = (split_heads(x, ctx.n_heads).float()
-                    * split_heads(grad, ctx.n_heads).float()).sum(dim=(1, 3))  # [B, H]
-        return grad, per_head
+        per_token = (split_heads(x, ctx.n_heads).float()
+                     * split_heads(grad, ctx.n_heads).float()).sum(dim=3)  # [B, T, H]
+        if ctx.tokens is not None:
+            ctx.tokens[ctx.layer] = per_token
+        return grad, per_token.sum(1), None, None
+
+
+class Gates(list):
+    """The gates of one forward pass (one float32 leaf ``[B, H]`` per layer), with the dtypes
+    that reached the output projections (the compute dtype: bfloat16 under autocast) and,
+    when per-token attribution is on, ``tokens``: per layer ``[B, T, H]`` after the backward
+    pass."""
+
+    def __init__(self, per_token: bool = False):
+        super().__init__()
+        self.dtypes: set[torch.dtype] = set()
+        self.tokens: list | None = [] if per_token else None
 
 
 @contextlib.contextmanager
-def head_gates(model: nn.Module, batch_size: int, n_heads: int) -> Iterator[list[torch.Tensor]]:
-    """Gate every layer's head slice; yield the list of gates, one float32 leaf ``[B, H]`` per
-    layer whose gradient is the per-sample, per-head score. Each gate is made in the forward
-    pass on the device its layer runs on, so a model spread over devices (or offloaded)
-    works; the list is filled once the forward pass has run."""
-    gates: list[torch.Tensor] = []
+def head_gates(model: nn.Module, batch_size: int, n_heads: int,
+               per_token: bool = False) -> Iterator[Gates]:
+    """Gate every layer's head slice; yield the :class:`Gates`, one float32 leaf ``[B, H]``
+    per layer whose gradient is the per-sample, per-head score. Each gate is made in the
+    forward pass on the device its layer runs on, so a model spread over devices (or
+    offloaded) works; the list is filled once the forward pass has run."""
+    gates = Gates(per_token)
 
     def gate(layer: int, x: torch.Tensor) -> torch.Tensor:
         if layer == len(gates):
             gates.append(torch.ones(batch_size, n_heads, device=x.device, requires_grad=True))
-        return HeadGate.apply(x, gates[layer])
+            gates.dtypes.add(x.dtype)
+            if gates.tokens is not None:
+                gates.tokens.append(None)
+        return HeadGate.apply(x, gates[layer], gates.tokens, layer)
 
     with on_head_slices(model, gate):
         yield gates

@@ -47,6 +47,8 @@ from .head_scores import (
     gate_scores,
     reference_scores,
 )
+from .hooks import on_head_slices
+from .memory import checkpointed_layers, offloaded, split_on_oom
 
 
 @contextlib.contextmanager
@@ -140,12 +142,15 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
                   pad_id: int, convention: str = "sample", method: str = "gate",
                   batch_size: int | None = None, pad_to: int | None = None,
                   progress: bool = True, checkpoint: ScoreCheckpoint | None = None,
-                  desc: str = "scoring") -> dict[str, torch.Tensor]:
+                  desc: str = "scoring", checkpoint_layers: bool | None = None
+                  ) -> dict[str, torch.Tensor]:
     """Score every encoded row; return ``{"per_sample": [N, L, H] signed, "loss": [N]}``.
 
     ``sample`` sorts rows by length (less padding); ``paper`` keeps file order in batches of
     ``batch_size`` (default 4), as the released script does. Finished batches are skipped on
-    resume when ``checkpoint`` holds them.
+    resume when ``checkpoint`` holds them. ``checkpoint_layers``: recompute each decoder layer
+    in the backward pass (:mod:`headway.scoring.memory`; None: when weights are offloaded).
+    A batch that runs out of accelerator memory is halved (``sample`` convention).
 
     Under ``torch.distributed`` (``accelerate launch`` / ``torchrun``) process r computes
     batches r, r + W, r + 2W, ... and the per-sample results are summed across processes, so
@@ -179,8 +184,22 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     step = gate_scores if method == "gate" else reference_scores
     mine = sum(len(rows) for rows in batches if rows is not None)
     done = sum(int(state["done"][rows].sum()) for rows in batches if rows is not None)
-    with eval_mode(model), tqdm(total=mine, initial=done, desc=desc, unit="sample",
-              disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+    limit = [batch_size]  # lowered for good after an out-of-memory error
+
+    def score_rows(rows):
+        return step(model, collate([encoded[i] for i in rows], pad_id, pad_to, device), n_heads,
+                    convention)
+
+    layers = offloaded(model) if checkpoint_layers is None else checkpoint_layers
+    seen: set = set()  # the dtype reaching the output projections: what computes
+
+    def note_dtype(layer: int, x: torch.Tensor) -> None:
+        seen.add(str(x.dtype).removeprefix("torch."))
+
+    with eval_mode(model), checkpointed_layers(model, layers), \
+            on_head_slices(model, note_dtype), \
+            tqdm(total=mine, initial=done, desc=desc, unit="sample",
+                 disable=not progress or rank != 0, dynamic_ncols=True) as bar:
         try:
             for rows in batches:
                 if rows is None:
@@ -189,10 +208,12 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
                     continue
                 if bool(state["done"][rows].all()) and not sharded:
                     continue
-                batch = collate([encoded[i] for i in rows], pad_id, pad_to, device)
-                scores, loss_sum, n_tokens = step(model, batch, n_heads, convention)
-                state["per_sample"][rows] = scores.cpu()
-                state["loss"][rows] = (loss_sum / n_tokens.clamp(min=1)).float().cpu()
+                # a sharded forward is a collective: no process may split its batch alone
+                results = ([(rows, score_rows(rows))] if sharded
+                           else split_on_oom(score_rows, rows, convention, limit))
+                for piece, (scores, loss_sum, n_tokens) in results:
+                    state["per_sample"][piece] = scores.cpu()
+                    state["loss"][piece] = (loss_sum / n_tokens.clamp(min=1)).float().cpu()
                 state["done"][rows] = True
                 bar.update(len(rows))
                 if checkpoint:
@@ -206,15 +227,18 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
             summed = state[name].to(device)
             dist.all_reduce(summed)
             state[name] = summed.cpu()
-    return {"per_sample": state["per_sample"], "loss": state["loss"]}
+    return {"per_sample": state["per_sample"], "loss": state["loss"],
+            "compute_dtype": ",".join(sorted(seen)) or None}
 
 
 def score_task(lm, task, convention: str = "sample", method: str = "gate",
           batch_size: int | None = None, template: str = "qa", max_length: int = 1024,
           overlong: str = "truncate", keep_per_sample: bool = False, progress: bool = True,
-          save_to: str | Path | None = None, pad_to: int | None = None):
-    """Activation pattern of ``task`` (a :class:`headway.tasks.Task`) on ``lm`` (a
-    :class:`headway.models.LoadedModel`).
+          save_to: str | Path | None = None, pad_to: int | None = None,
+          checkpoint_layers: bool | None = None):
+    """Activation pattern of ``task`` (a :class:`headway.data.rows.Task`) on ``lm`` (a
+    :class:`headway.models.loading.LoadedModel`). ``checkpoint_layers``: see
+    :func:`score_encoded`.
 
     Returns an :class:`~headway.patterns.ActivationPattern` whose ``scores[l, h]`` is
     mean_i |s_i[l, h]| and whose metadata records model, data, convention and versions.
@@ -250,7 +274,8 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
         result = score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.pad_id,
                                convention=convention, method=method, batch_size=batch_size,
                                pad_to=pad_to, progress=progress, checkpoint=checkpoint,
-                               desc=f"scoring {task.name}")
+                               desc=f"scoring {task.name}",
+                               checkpoint_layers=checkpoint_layers)
         per_sample = result["per_sample"]
         meta = pattern_meta(
             lm.describe(), task_record(task), settings, n_samples=len(encoded),
@@ -258,6 +283,7 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
             n_input_rows=stats.n_in, n_truncated=stats.n_truncated, n_dropped=stats.n_dropped,
             n_tokens=stats.n_tokens, n_response_tokens=stats.n_response_tokens,
             n_zero_scores=int((per_sample == 0).sum()),  # underflow shows here (float16)
+            compute_dtype=result["compute_dtype"],
             elapsed_s=round(checkpoint.elapsed() if checkpoint else time.perf_counter() - start, 3),
             world_size=world)  # elapsed_s: over every session of a resumed run
         pattern = ActivationPattern(
@@ -276,7 +302,7 @@ def score(model, tokenizer=None, data=None, *, prompt_field: str | None = None,
           response_field: str | None = None, template: str = "qa", convention: str = "sample",
           method: str = "gate", batch_size: int | None = None, max_length: int = 1024,
           overlong: str = "truncate", per_sample: bool = False, progress: bool = True,
-          save_to: str | Path | None = None):
+          save_to: str | Path | None = None, checkpoint_layers: bool | None = None):
     """The activation pattern of ``data`` on ``model``: AP[l, h] = mean_i |s_i[l, h]|.
 
     ``model``: a transformers ``PreTrainedModel`` of a supported family, or a PEFT model
@@ -305,4 +331,5 @@ def score(model, tokenizer=None, data=None, *, prompt_field: str | None = None,
     task = as_task(data, prompt_field=prompt_field, response_field=response_field)
     return score_task(lm, task, convention=convention, method=method, batch_size=batch_size,
                       template=template, max_length=max_length, overlong=overlong,
-                      keep_per_sample=per_sample, progress=progress, save_to=save_to)
+                      keep_per_sample=per_sample, progress=progress, save_to=save_to,
+                      checkpoint_layers=checkpoint_layers)

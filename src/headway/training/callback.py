@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from ..distributed import broadcast_from_main
 from ..models.architectures import resolve
 from ..models.sharding import is_sharded
 from ..patterns import ActivationPattern, pattern_meta
@@ -169,8 +170,12 @@ class PatternCallback(TrainerCallback):
             if self.is_main:
                 metrics.unlink(missing_ok=True)
         else:  # resumed: keep the records up to the checkpoint, write the later ones again
-            self.done = {r["step"] for r in read_metrics(metrics)
-                         if r["kind"] == "probe" and r["step"] <= state.global_step}
+            # read on the main process and shared: each record is a collective, and nodes
+            # without a shared filesystem would disagree on which are done
+            done = {r["step"] for r in read_metrics(metrics)
+                    if r["kind"] == "probe" and r["step"] <= state.global_step} \
+                if self.is_main else set()
+            self.done = set(broadcast_from_main(sorted(done)))
             if self.is_main:
                 truncate_metrics(metrics, state.global_step)
             self._load_first()
@@ -280,16 +285,23 @@ class PatternCallback(TrainerCallback):
                                 _pad_id(self.tokenizer), batch_size=probe.settings["batch_size"],
                                 progress=False)
             scores = out["per_sample"].abs().mean(0)
+            n_zero = int((out["per_sample"] == 0).sum())  # underflow shows here (float16)
             meta = pattern_meta(self.model_info, probe.task, probe.settings,
                                 n_samples=len(probe.encoded),
-                                mean_loss=float(out["loss"].mean()), step=step)
+                                mean_loss=float(out["loss"].mean()), step=step,
+                                n_zero_scores=n_zero, compute_dtype=out["compute_dtype"])
+            if n_zero and self.is_main:
+                print(f"headway: warning: step {step}, probe {probe.name}: {n_zero} of "
+                      f"{out['per_sample'].numel()} per-sample scores are exactly 0 (float16 "
+                      f"gradients underflowing?)", file=sys.stderr)
             if self.is_main:
                 ActivationPattern(scores=scores, meta=meta, loss=out["loss"],
                                   per_sample=out["per_sample"]).save(
                     self.run_dir / "patterns" / tag / probe.name)
             first = self.first.setdefault(probe.name, scores) if step == 0 else \
                 self.first.get(probe.name)
-            stats = {"loss": meta["mean_loss"], **concentration(scores.numpy())}
+            stats = {"loss": meta["mean_loss"], **concentration(scores.numpy()),
+                     "n_zero_scores": n_zero}
             entry["probes"][probe.name] = stats
             logs.update({f"headway/{probe.name}/loss": stats["loss"],
                          f"headway/{probe.name}/gini": stats["gini"]})

@@ -115,7 +115,7 @@ def _train(c: TrainConfig, state, train_task) -> dict:
         plan_run,
         prepare_run,
     )
-    from .weight_change import start_weights
+    from .weight_change import describe_start, start_weights
 
     data = data_identity(train_task)
     plan = plan_run(c, data)  # reads the folder only; refuses another run's checkpoints
@@ -147,10 +147,11 @@ def _train(c: TrainConfig, state, train_task) -> dict:
                                      c.max_length, c.overlong, train_task.source,
                                      prompt_field=train_task.prompt_field)
     probes = build_probes(c, lm.tokenizer, train_task) if c.tracking else []
-    # W_0: read from the model's own files where they hold it, else a copy in its dtype
-    # (on the main process only, the others record no parameter change; sharded, on all)
+    # W_0: read from the model's own files (a folder, or a hub id's cached files) where they
+    # hold it, else a copy in its dtype, on the main process (the others record no parameter
+    # change); sharded, the callback takes it after sharding: each process its own rows
     initial = start_weights(lm.model, lm.path) \
-        if c.tracking and (state.is_main_process or sharding(c)) else None
+        if c.tracking and state.is_main_process and not sharding(c) else None
 
     selection, heads = None, None
     if c.mode == "heads":
@@ -251,7 +252,8 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     loss = mean_train_loss(trainer.state.log_history)
     manifest.update(status="finished", global_step=trainer.state.global_step,
                     **marker.seconds(),  # over every session of the run
-                    train_loss=result.training_loss if loss is None else loss)
+                    train_loss=result.training_loss if loss is None else loss,
+                    start_weights=describe_start(tracker.initial) if c.tracking else None)
     if c.save_final:
         save_final(trainer, lm, c, run / "final", state.is_main_process)
     if state.is_main_process:

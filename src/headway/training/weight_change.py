@@ -215,18 +215,46 @@ class StartWeights:
 
 def start_weights(model: nn.Module, folder: str | Path | None = None,
                   now_is_start: bool = True) -> StartWeights | None:
-    """W_0 for ``model``: read from ``folder`` (default: the folder the model was loaded from,
-    its ``name_or_path``) when its files hold the weights; else, when the model's weights
-    are the start (``now_is_start``), a copy of them; else None (a resumed run whose start
-    is nowhere to be read)."""
+    """W_0 for ``model``: read memory-mapped from ``folder`` (default: where the model was
+    loaded from, its ``name_or_path``: a folder, or a hub id's files in the local Hugging Face
+    cache) when the files hold the weights; else, when the model's weights are the start
+    (``now_is_start``), a copy of them in their own dtype (of a sharded model: the rows this
+    process holds); else None (a resumed run whose start is nowhere to be read).
+
+    Of a sharded model every process must call it, and all take the same path (the choice
+    is agreed over processes: a node that lacks the files makes every process copy)."""
     heads = resolve(model)
-    candidate = folder or getattr(heads.model.config, "_name_or_path", None)
+    config = heads.model.config
+    candidate = folder or getattr(config, "_name_or_path", None)
+    start = None
+    if candidate and not Path(candidate).is_dir():  # a hub id: its files in the local cache
+        from ..hub import cached_snapshot
+
+        candidate = cached_snapshot(str(candidate), getattr(config, "_commit_hash", None))
     if candidate and Path(candidate).is_dir() and not (
             not now_is_start and _trained_checkpoint(Path(candidate))):
         start = StartWeights.from_folder(candidate, heads)
-        if start is not None and (not now_is_start or _same(start, heads)):
-            return start
+    if is_sharded(heads.model):  # the same choice on every process
+        missing = torch.tensor([float(start is None)])
+        if float(sum_over_processes(missing, input_device(heads.model))) > 0:
+            start = None
+    if start is not None and (not now_is_start or _same(start, heads)):
+        return start
     return StartWeights.copy_of(heads) if now_is_start else None
+
+
+def describe_start(start: StartWeights | None) -> dict:
+    """What a run's manifest says about W_0: where it was read from, or how much a copy
+    holds."""
+    if start is None:
+        return {"source": None, "note": "not recorded: the run resumed and its start is in no "
+                                        "file"}
+    if start.source == "memory":
+        return {"source": "copy", "bytes": start.nbytes,
+                "note": "no file holds the starting weights (a random twin, a model changed "
+                        "after loading, or a checkpoint layout headway cannot map): a copy "
+                        "in the weights' own dtype"}
+    return {"source": "files", "folder": start.source, "bytes": 0}
 
 
 def _now_and_start(t: Tracked, start, key: str):
