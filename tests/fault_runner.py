@@ -12,6 +12,10 @@ Points:
                          before its parameter change and its metrics line
     scoring-batch:N      when scoring batch N+1 starts (N batches done and kept)
 
+Probes:
+    rss-start:0          write the process's anonymous resident memory (RssAnon, kB) before and
+                         after the tracker takes W_0 to HEADWAY_RSS_FILE.RANK (JSON)
+
 Pauses (the process waits, so that a test can act while it is busy; it says
 ``headway-test: paused`` on stderr when the pause starts, and goes on once the file
 HEADWAY_RESUME_FILE exists, or after HEADWAY_PAUSE_S seconds, default 120):
@@ -43,8 +47,33 @@ def pause() -> None:
         time.sleep(0.05)
 
 
+def rss_anon_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
 def install(point: str, n: int) -> None:
-    if point == "pause-step":
+    if point == "rss-start":
+        import json
+
+        from headway.training.callback import PatternCallback
+
+        real = PatternCallback._start_weights
+
+        def start_weights(self, model, now_is_start):
+            before = rss_anon_kb()
+            real(self, model, now_is_start)
+            after = rss_anon_kb()
+            rank = os.environ.get("RANK", "0")
+            with open(f"{os.environ['HEADWAY_RSS_FILE']}.{rank}", "w") as f:
+                json.dump({"before_kb": before, "after_kb": after,
+                           "held_bytes": self.initial.nbytes if self.initial else None,
+                           "source": self.initial.source if self.initial else None}, f)
+
+        PatternCallback._start_weights = start_weights
+    elif point == "pause-step":
         from headway.training import trainer as training
 
         real = training.StopOnRequest.on_step_end

@@ -25,12 +25,15 @@ def run(args: list[str], processes: int, logs: Path, env: dict | None = None) ->
     # One thread per process in both runs: a different thread count changes float summation
     # order (about 1e-4 relative on per-sample scores of a 30-layer model), not the method.
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    # with HEADWAY_FAULT set, each process runs tests/fault_runner.py (faults and probes)
+    entry = ([str(Path(__file__).with_name("fault_runner.py"))] if "HEADWAY_FAULT" in env
+             else ["-m", "headway.cli"])
     if processes == 1:
-        cmd = [sys.executable, "-m", "headway.cli", *args]
+        cmd = [sys.executable, *entry, *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_port", str(free_port()), "--log-dir", str(logs), "--redirects", "3",
-               "-m", "headway.cli", *args]
+               *entry, *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:

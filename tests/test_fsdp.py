@@ -132,3 +132,81 @@ def test_head_selective_training_keeps_every_other_weight(model_dir, tmp_path, s
     assert float(change["q"][~selected].abs().max()) == 0.0
     assert float(change["o"][~selected].abs().max()) == 0.0
     assert float(change["q"][selected].min()) > 0
+
+
+def test_bf16_mixed_precision_probes_compute_in_bf16_alike_under_ddp_and_fsdp2(model_dir,
+                                                                              tmp_path):
+    """bf16 mixed precision (autocast under DDP; FSDP2's bf16 parameter policy): the probe
+    records say bfloat16 reached the output projections, and DDP's and FSDP2's records of the
+    same run agree to bfloat16's resolution."""
+    from scipy.stats import spearmanr
+
+    args = TRAIN + ["--model", str(model_dir), "--mixed_precision", "bf16"]
+    run(args + ["--output_dir", str(tmp_path / "ddp")], 2, tmp_path / "logs")
+    run(args + ["--output_dir", str(tmp_path / "fsdp")], 2, tmp_path / "logs", FSDP)
+    for step in (0, 4):
+        (p_ddp, _), (p_fsdp, _) = records(tmp_path / "ddp", step), records(tmp_path / "fsdp",
+                                                                          step)
+        assert p_ddp.meta["compute_dtype"] == p_fsdp.meta["compute_dtype"] == "bfloat16"
+        assert rel(p_ddp.scores, p_fsdp.scores) <= 0.05, step
+        assert spearmanr(p_ddp.scores.flatten(), p_fsdp.scores.flatten())[0] >= 0.95
+
+
+def hub_cache(root, repo: str, folder) -> str:
+    """``folder``'s files as a hub model ``repo`` in a Hugging Face cache at ``root`` (the
+    layout huggingface_hub writes: blobs, a snapshot of links, refs/main)."""
+    import hashlib
+    import shutil
+
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    base = root / f"models--{repo.replace('/', '--')}"
+    snapshot = base / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (base / "blobs").mkdir()
+    for file in folder.iterdir():
+        blob = base / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(blob)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    return repo
+
+
+def test_fsdp2_tracker_reads_w0_from_the_hub_cache_without_a_copy(tmp_path):
+    """A hub model (from a local Hugging Face cache, offline) trained under FSDP2 on two
+    processes: each process's W_0 is read memory-mapped from the cached files, after
+    sharding; its anonymous memory grows by less than 10 % of the weights. A random twin,
+    which no file holds, is copied: the control shows what a copy costs."""
+    import transformers as tf
+    from conftest import make_byte_tokenizer
+
+    config = tf.LlamaConfig(vocab_size=300, hidden_size=512, intermediate_size=1536,
+                            num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    folder = tmp_path / "model"
+    model = tf.AutoModelForCausalLM.from_config(config)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(folder)
+    make_byte_tokenizer(add_bos=True).save_pretrained(folder)
+    repo = hub_cache(tmp_path / "hub", "headway-test/tiny-llama", folder)
+    env = {**FSDP, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "HEADWAY_FAULT": "rss-start:0"}
+    args = ["train", "--task", "arithmetic", "--rows", "4", "--probe_rows", "4",
+            "--max_steps", "1", "--per_device_train_batch_size", "2", "--progress", "false",
+            "--save_final", "false"]
+    grown = {}
+    for name, model_name in (("hub", repo), ("twin", f"random:{repo}")):
+        env["HEADWAY_RSS_FILE"] = str(tmp_path / f"rss-{name}")
+        run(args + ["--model", model_name, "--output_dir", str(tmp_path / name)], 2,
+            tmp_path / "logs", env)
+        probes = [json.loads((tmp_path / f"rss-{name}.{rank}").read_text()) for rank in (0, 1)]
+        grown[name] = [1024 * (p["after_kb"] - p["before_kb"]) for p in probes]
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        if name == "hub":
+            assert all(p["source"].startswith(str(tmp_path / "hub")) for p in probes)
+            assert all(p["held_bytes"] == 0 for p in probes)
+            assert manifest["start_weights"]["source"] == "files"
+        else:  # the control: each process copies the rows it holds, about half the weights
+            assert all(0.4 * weights < p["held_bytes"] < 0.6 * weights for p in probes)
+            assert manifest["start_weights"]["source"] == "copy"
+    assert max(grown["hub"]) < 0.10 * weights, (grown, weights)

@@ -90,6 +90,20 @@ def fsdp_on_cpu(trainer, plugin=None) -> None:
     if plugin is None:
         plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
     state = trainer.accelerator.state
+    mixed = trainer.accelerator.mixed_precision
+    if mixed != "no":
+        # Accelerate's FSDP2 computes in low precision by a parameter-dtype policy, which on
+        # CPU processes fails to assign its gradients (torch 2.13, gloo); here the model
+        # computes under autocast instead, as DDP does
+        from types import MethodType
+
+        import torch
+        from accelerate.utils import convert_outputs_to_fp32
+
+        model = trainer.model
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mixed]
+        forward = torch.autocast("cpu", dtype=dtype)(model.forward.__func__)
+        model.forward = MethodType(convert_outputs_to_fp32(forward), model)
     state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
     trainer.is_fsdp_enabled = True
