@@ -13,6 +13,11 @@ the same way by every method. Rows:
     released config   the eager reference with every row padded to 1024 tokens (measured on
                       --released-rows rows and scaled per row: it is slow)
 
+and, on 8 rows padded to 1024 tokens in one batch (the memory-bound setting): the fast path
+with and without activation checkpointing per decoder layer (``--checkpoint-layers``):
+time, peak memory of the tensors alive (:class:`headway.scoring.memory.PeakMemory`) and the
+largest difference of the scores.
+
 Peak memory is measured in a fresh subprocess per method (one batch of 4 rows padded to
 1024 tokens, the memory target's setting): the peak resident set (CPU, VmHWM after a reset)
 or peak CUDA allocation above what the loaded model already holds.
@@ -77,6 +82,32 @@ def timed(fn, device):
     out = fn()
     sync(device)
     return time.perf_counter() - start, out
+
+
+def layer_checkpointing(lm, encoded, device, pad_to: int, rows: int = 8) -> dict:
+    """The fast path on ``rows`` rows padded to ``pad_to`` tokens in one batch, with and
+    without layer checkpointing: seconds, peak MiB of tensors alive, score difference."""
+    from headway.scoring.memory import PeakMemory
+    from headway.scoring.score import score_encoded
+
+    def run(layers: bool):
+        return score_encoded(lm.model, encoded[:rows], lm.n_layers, lm.n_heads,
+                             lm.tokenizer.pad_token_id, batch_size=rows, pad_to=pad_to,
+                             progress=False, checkpoint_layers=layers)
+
+    out = {}
+    for layers in (False, True):
+        seconds, result = timed(lambda: run(layers), device)
+        with PeakMemory() as probe:  # a second pass: counting slows it, so it is not timed
+            run(layers)
+        out["on" if layers else "off"] = {"seconds": seconds, "peak_mib": probe.peak / 2**20,
+                                          "per_sample": result["per_sample"]}
+    on, off = out["on"], out["off"]
+    diff = (on.pop("per_sample") - off["per_sample"]).abs().max() / off.pop(
+        "per_sample").abs().max()
+    return {**out, "time_ratio": on["seconds"] / off["seconds"],
+            "memory_ratio": on["peak_mib"] / off["peak_mib"], "max_rel_diff": float(diff),
+            "rows": rows, "tokens_per_row": pad_to}
 
 
 def _status_kib(field: str) -> int:
@@ -154,6 +185,7 @@ def main() -> None:
     ap_diff = (ap_fast - ap_ref).abs().max() / ap_ref.abs().max()
     mem = {} if args.no_memory else {m: measure_memory(args, m)
                                      for m in ("forward", "gate", "reference")}
+    layers = layer_checkpointing(lm, encoded, device, args.pad_to)
 
     n = len(encoded)
     tokens = sum(len(e.input_ids) for e in encoded)
@@ -168,7 +200,7 @@ def main() -> None:
                    "gate/released": t_gate / t_rel_scaled,
                    "gate/reference at pad_to": t_gate_1024 / t_rel},
         "max_rel_diff_per_sample": float(diff), "max_rel_diff_ap": float(ap_diff),
-        "peak_mib_at_pad_to": mem, "pad_to": args.pad_to,
+        "peak_mib_at_pad_to": mem, "pad_to": args.pad_to, "layer_checkpointing": layers,
     }
     if mem:
         result["ratios"]["memory gate/reference"] = mem["gate"] / mem["reference"]
@@ -212,6 +244,16 @@ def table(r: dict) -> str:
     lines.append(f"max |fast - ref| / max |ref| per sample  {r['max_rel_diff_per_sample']:8.1e}"
                  f"   <= 1e-5")
     lines.append(f"max |fast - ref| / max |ref| of the AP   {r['max_rel_diff_ap']:8.1e}   <= 1e-5")
+    c = r["layer_checkpointing"]
+    lines += [
+        "",
+        f"layer checkpointing, {c['rows']} rows x {c['tokens_per_row']} tokens in one batch: "
+        f"off {c['off']['seconds']:.1f} s / {c['off']['peak_mib']:,.0f} MiB, on "
+        f"{c['on']['seconds']:.1f} s / {c['on']['peak_mib']:,.0f} MiB",
+        f"peak memory on / off                     {c['memory_ratio']:8.3f}   <= 0.4",
+        f"time on / off                            {c['time_ratio']:8.2f}   <= 1.4",
+        f"max |on - off| / max |off| per sample    {c['max_rel_diff']:8.1e}   <= 1e-6",
+    ]
     return "\n".join(lines)
 
 

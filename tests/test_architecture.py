@@ -21,7 +21,8 @@ FLOORS = [
     ("analysis", ["headway.analysis"]),
     ("report", ["headway.report"]),
     ("experiments", ["headway.experiments"]),
-    ("app", ["headway.settings", "headway.cli", "headway.commands", "headway.demo"]),
+    ("app", ["headway.settings", "headway.cli", "headway.commands", "headway.demo",
+             "headway.estimate"]),
 ]
 
 

@@ -55,3 +55,26 @@ def test_score_command_takes_a_device_map(llama_dir, tmp_path):
     assert spread.meta["model"]["device_map"]["model.layers.0"] == "disk"
     assert float((one.per_sample - spread.per_sample).abs().max()
                  / one.per_sample.abs().max()) <= 1e-6
+
+
+def test_the_gpu_benchmark_runs_on_a_tiny_config(tmp_path):
+    """benchmarks/bench_gpu.py --tiny: every path of the GPU benchmark, on the CPU, so that
+    the script the GPU figures come from cannot rot."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_gpu.py"
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    paths = {(r["tokens"], r["path"]) for r in rows if r["seconds"] and r["peak_gib"] >= 0}
+    assert paths >= {(512, p) for p in ("forward", "gate AP", "gate AP, layers",
+                                        "eager reference", "released config")}
+    by = {(r["tokens"], r["path"]): r for r in rows}
+    assert by[(512, "gate AP, layers")]["peak_gib"] < by[(512, "gate AP")]["peak_gib"]

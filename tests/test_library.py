@@ -128,7 +128,7 @@ def test_callback_on_an_unmodified_sft_trainer(llama_dir, tmp_path):
 
     # trajectory over the same run's checkpoints equals the callback's records
     traj = headway.trajectory(out, base=str(llama_dir), probes={"sums": ROWS},
-                              output_dir=tmp_path / "traj", progress=False)
+                              output_dir=tmp_path / "traj", progress=False).path
     for step in (0, 2, 4):
         seen = headway.load_pattern(run / "patterns" / f"step_{step:06d}" / "sums")
         redone = headway.load_pattern(traj / "patterns" / f"step_{step:06d}" / "sums")

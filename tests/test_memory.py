@@ -190,3 +190,37 @@ def test_scoring_records_the_compute_dtype(family, tmp_path):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pattern = score_task(lm, load_task("arithmetic", n=2), progress=False)
     assert pattern.meta["compute_dtype"] == "bfloat16"
+
+
+def test_estimate_from_a_config_alone_matches_the_measured_peak(tmp_path, capsys):
+    """``headway estimate`` on a folder that holds only config.json: scoring's and
+    training's predicted peaks are within 20 % of the peaks measured on the real model."""
+    import json
+
+    import transformers as tf
+
+    from headway.cli import main
+    from headway.estimate import _rows
+    from headway.models.architectures import resolve
+    from headway.scoring.head_scores import gate_scores
+    from headway.scoring.memory import PeakMemory
+
+    config = tf.LlamaConfig(vocab_size=2000, hidden_size=128, intermediate_size=344,
+                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    folder = tmp_path / "config-only"
+    config.save_pretrained(folder)
+    assert main(["estimate", str(folder), "--batch-size", "4", "--length", "128", "--dtype",
+                 "float32", "--json", "--device-memory", "1"]) == 0
+    rows = {r["workload"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert set(rows) >= {"scoring", "scoring, layer checkpointing", "train --mode full"}
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    with PeakMemory() as probe:
+        gate_scores(model, _rows(4, 128, 1000), resolve(model).n_heads, "sample")
+    measured = weights + probe.peak
+    assert 0.8 < rows["scoring"]["peak"] / measured < 1.2
+    assert rows["scoring"]["max_batch"]["1 GB"] > 4
+    assert rows["scoring, layer checkpointing"]["peak"] < rows["scoring"]["peak"]
+    full = rows["train --mode full"]
+    assert full["gradients"] == weights and full["optimizer"] == 2 * weights

@@ -23,6 +23,7 @@ from .settings import (
     AnalyzeArgs,
     CompareArgs,
     DemoArgs,
+    EstimateArgs,
     EvalArgs,
     MixArgs,
     ModesArgs,
@@ -85,6 +86,11 @@ COMMANDS: dict[str, tuple[type, str, str | None]] = {
                 "after your SFT): both patterns, ΔAP = B − A, the change of Gini and CV, the "
                 "heads gained and lost in the top-k."),
     "tasks": (TasksArgs, "list the built-in tasks", None),
+    "estimate": (EstimateArgs, "predicted peak memory of scoring and training, and the "
+                               "largest batch that fits, from a model's config alone",
+                 "Counts weights, gradients and optimizer states on the meta device and "
+                 "measures activations on the same family shrunk in width (docs: "
+                 "headway.estimate); no weights are read."),
     "demo": (DemoArgs, "the whole story on the built-in model: patterns of the built-in tasks, "
                        "four short tracked fine-tunes (one a control), analysis and an HTML "
                        "report", None),

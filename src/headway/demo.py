@@ -47,7 +47,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     """Run the demo into ``out``; return the analysis (also in ``out/analysis``). ``seed``:
     the fine-tunes' training seed (the order of their rows) and the analysis seed (bootstrap,
     null, random head sets); the rows themselves stay the same."""
-    from .analysis.findings import analyze
+    from .analysis.findings import run_analysis as analyze
     from .data.rows import TaskSpec
     from .data.tasks import load_task
     from .models.loading import load_model

@@ -1,4 +1,5 @@
-"""How one activation pattern is drawn (matplotlib): its L x H heatmap. These are the
+"""How one activation pattern is drawn (matplotlib): its L x H heatmap, and one row's tokens
+shaded by their share of one head's score. These are the
 drawings :class:`~headway.patterns.ActivationPattern` offers itself (``pattern.heatmap()``);
 :mod:`headway.report` composes them into the figures and pages of analyses, runs and
 experiments.
@@ -33,4 +34,35 @@ def draw_heatmap(scores, ax=None, top: list | None = None, diverging: bool = Fal
         ax.add_patch(matplotlib.patches.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False,
                                                   ec="red", lw=1.5))
     ax.set_title(title, fontsize=10)
+    return ax
+
+
+def draw_tokens(tokens: list[str], values, response=None, ax=None, title: str = "",
+                per_line: int = 14):
+    """Draw ``tokens`` as text, each on a background shaded by its signed value (red adds to
+    the head's score, blue takes away, the strongest at full colour), ``per_line`` tokens a
+    line; tokens of the ``response`` in bold. Returns the axes."""
+    import matplotlib.colors
+    import numpy as np
+
+    values = np.asarray(values, dtype=np.float64)
+    lines = max(1, -(-len(tokens) // per_line))
+    if ax is None:
+        import matplotlib.pyplot as pyplot
+
+        _, ax = pyplot.subplots(figsize=(min(16, 1.1 * per_line), 0.5 + 0.45 * lines),
+                                layout="constrained")
+    limit = float(np.abs(values).max()) or 1.0
+    colour = matplotlib.colormaps["RdBu_r"]
+    norm = matplotlib.colors.Normalize(-limit, limit)
+    for i, (token, value) in enumerate(zip(tokens, values)):
+        x, y = i % per_line, i // per_line
+        text = token.replace("\n", "⏎").replace("\t", "⇥") or "·"
+        ax.text(x + 0.5, lines - y - 0.5, text, ha="center", va="center", fontsize=8,
+                bbox={"facecolor": colour(norm(value)), "edgecolor": "none", "pad": 1.5},
+                fontweight="bold" if response is not None and response[i] else "normal")
+    ax.set_xlim(0, per_line)
+    ax.set_ylim(0, lines)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9)
     return ax

@@ -8,6 +8,11 @@ Tensors:
     per_sample   [N, n_layers, n_heads]   signed s_i[l,h] = <Γ_lh(x_i), ∂L/∂Γ_lh>   (optional)
     loss         [N]                      each sample's mean response-token loss (nats)
     index        [N]                      each sample's row index in its task source
+    per_token    [ΣT_i, n_layers, n_heads] each token position's signed share of s_i: the rows
+                                          one after another (optional, with per_token_offsets
+                                          [N + 1] and per_token_response [ΣT_i], whether a
+                                          token is part of the response; the tokens' text is
+                                          in the metadata's "tokens")
 
 :meth:`ActivationPattern.load` checks all of this (and that the ``.json`` sidecar, when there is
 one, records the same tensor shapes) and raises :class:`PatternError` naming the file.
@@ -26,6 +31,7 @@ from .errors import HeadwayError
 from .storage import atomic_save_tensors, atomic_write_json
 
 OPTIONAL_TENSORS = ("per_sample", "loss", "index")
+PER_TOKEN_TENSORS = ("per_token", "per_token_offsets", "per_token_response")
 
 
 class PatternError(HeadwayError, ValueError):
@@ -40,13 +46,22 @@ def pattern_paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
 
-@dataclass
+@dataclass(repr=False)
 class ActivationPattern:
+    """A task's activation pattern: ``scores`` ``[L, H]`` (AP, float32, >= 0; signed for a
+    difference) and what is needed to trust and explore it. ``per_token`` (when scored with
+    it): for each row its ``[T_i, L, H]`` contributions of every token position, with the
+    row's ``tokens`` (text) and ``response`` (True where the token is part of the response).
+    """
+
     scores: torch.Tensor  # [n_layers, n_heads], float32, >= 0
     meta: dict = field(default_factory=dict)
     per_sample: torch.Tensor | None = None  # [N, n_layers, n_heads], signed
     loss: torch.Tensor | None = None  # [N]
     index: torch.Tensor | None = None  # [N], int64
+    per_token: list[torch.Tensor] | None = None  # N x [T_i, n_layers, n_heads], signed
+    tokens: list[list[str]] | None = None  # N x T_i token texts
+    response: list[list[bool]] | None = None  # N x T_i: part of the response
 
     @property
     def n_layers(self) -> int:
@@ -62,6 +77,46 @@ class ActivationPattern:
         return [(int(i) // self.n_heads, int(i) % self.n_heads, float(v))
                 for v, i in zip(values, flat)]
 
+    def numpy(self):
+        """``scores`` as a numpy array ``[L, H]``."""
+        return self.scores.detach().cpu().numpy()
+
+    def to_pandas(self):
+        """One row per head: ``layer``, ``head``, ``score``, ``rank`` (1 = highest), and, when
+        kept, one column ``sample_<index>`` per row of its signed per-sample score."""
+        import pandas as pd
+
+        L, H = self.n_layers, self.n_heads
+        flat = self.scores.flatten()
+        ranks = torch.empty_like(flat, dtype=torch.long)
+        ranks[flat.argsort(descending=True, stable=True)] = torch.arange(1, flat.numel() + 1)
+        frame = pd.DataFrame({"layer": torch.arange(L).repeat_interleave(H).numpy(),
+                              "head": torch.arange(H).repeat(L).numpy(),
+                              "score": flat.numpy(), "rank": ranks.numpy()})
+        if self.per_sample is not None:
+            index = (self.index.tolist() if self.index is not None
+                     else range(self.per_sample.shape[0]))
+            samples = pd.DataFrame(self.per_sample.reshape(len(index), -1).T.numpy(),
+                                   columns=[f"sample_{i}" for i in index])
+            frame = pd.concat([frame, samples], axis=1)
+        return frame
+
+    def __sub__(self, other: ActivationPattern) -> ActivationPattern:
+        """``after - before``: :func:`delta` (the same checks)."""
+        if not isinstance(other, ActivationPattern):
+            return NotImplemented
+        return delta(self, other)
+
+    def __repr__(self) -> str:
+        task = (self.meta.get("task") or {}).get("name", "?")
+        model = (self.meta.get("model") or {}).get("name", "?")
+        kind = "ΔAP" if self.meta.get("kind") == DELTA_KIND else "ActivationPattern"
+        n = self.meta.get("n_samples", self.per_sample.shape[0] if self.per_sample is not None
+                          else "?")
+        top = ", ".join(f"{layer}.{head} {value:.3g}" for layer, head, value in self.top_heads(3))
+        return (f"<{kind} {self.n_layers} layers x {self.n_heads} heads; task {task}; model "
+                f"{model}; N = {n}; top {top}>")
+
     def heatmap(self, ax=None, top: int = 5, title: str | None = None):
         """Draw the L x H pattern (layers down, heads across) on a matplotlib ``ax`` (a new
         figure when None), the ``top`` heads outlined; return the axes. Differences
@@ -76,6 +131,25 @@ class ActivationPattern:
                             f"{'ΔAP ' if is_delta else ''}{task} on {model}".strip(),
                             label="ΔAP" if is_delta else "activation  mean |<Γ, ∂L/∂Γ>|")
 
+    def token_view(self, row: int, layer: int, head: int, ax=None):
+        """Draw row ``row``'s tokens shaded by their signed contribution to head
+        ``layer.head``'s score (red adds, blue takes away; the response in bold)
+        on a matplotlib ``ax`` (a new figure when None); return the axes. Needs a pattern
+        scored with ``per_token=True``."""
+        from .pattern_views import draw_tokens
+
+        if self.per_token is None or self.tokens is None:
+            raise PatternError("this pattern has no per-token scores: score it with "
+                               "per_token=True (headway score --per-token)")
+        if not 0 <= row < len(self.per_token):
+            raise PatternError(f"row {row}: the pattern has rows 0..{len(self.per_token) - 1}")
+        values = self.per_token[row][:, layer, head]
+        total = float(values.sum())
+        return draw_tokens(self.tokens[row], values.numpy(),
+                           self.response[row] if self.response else None, ax=ax,
+                           title=f"row {row}, head {layer}.{head}: contributions sum to "
+                                 f"{total:.4g}")
+
     def save(self, path: str | Path) -> Path:
         """Write ``path``.safetensors and ``path``.json atomically; return the tensor file."""
         tensor_file, json_file = pattern_paths(path)
@@ -84,9 +158,18 @@ class ActivationPattern:
             value = getattr(self, name)
             if value is not None:
                 tensors[name] = value
-        header = {"headway": json.dumps(self.meta, sort_keys=True)}
+        meta = dict(self.meta)
+        if self.per_token is not None:
+            lengths = [t.shape[0] for t in self.per_token]
+            tensors["per_token"] = torch.cat(self.per_token).float()
+            tensors["per_token_offsets"] = torch.tensor([0, *lengths]).cumsum(0)
+            tensors["per_token_response"] = torch.tensor(
+                [flag for row in (self.response or [[False] * n for n in lengths])
+                 for flag in row], dtype=torch.bool)
+            meta["tokens"] = self.tokens
+        header = {"headway": json.dumps(meta, sort_keys=True)}
         atomic_save_tensors(tensor_file, tensors, metadata=header)
-        atomic_write_json(json_file, {**self.meta, "tensors": {
+        atomic_write_json(json_file, {**meta, "tensors": {
             k: list(v.shape) for k, v in tensors.items()}})
         return tensor_file
 
@@ -101,8 +184,16 @@ class ActivationPattern:
         tensors, meta = _read_tensor_file(tensor_file)
         _check_shapes(tensor_file, tensors)
         _check_sidecar(tensor_file, json_file, tensors)
-        return cls(scores=tensors["scores"], meta=meta, per_sample=tensors.get("per_sample"),
-                   loss=tensors.get("loss"), index=tensors.get("index"))
+        pattern = cls(scores=tensors["scores"], meta=meta, per_sample=tensors.get("per_sample"),
+                      loss=tensors.get("loss"), index=tensors.get("index"))
+        if "per_token" in tensors:
+            bounds = tensors["per_token_offsets"].tolist()
+            pattern.per_token = [tensors["per_token"][a:b] for a, b in zip(bounds, bounds[1:])]
+            flags = tensors.get("per_token_response")
+            pattern.response = [flags[a:b].tolist() for a, b in zip(bounds, bounds[1:])] \
+                if flags is not None else None
+            pattern.tokens = meta.pop("tokens", None)
+        return pattern
 
 
 def _read_tensor_file(tensor_file: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -148,6 +239,13 @@ def _check_shapes(tensor_file: Path, tensors: dict[str, torch.Tensor]) -> None:
         if name in tensors and tensors[name].ndim != 1:
             raise bad(f"{name!r} must be a [N] vector")
     lengths = {k: tensors[k].shape[0] for k in OPTIONAL_TENSORS if k in tensors}
+    if "per_token" in tensors:
+        per_token, offsets = tensors["per_token"], tensors.get("per_token_offsets")
+        if per_token.ndim != 3 or per_token.shape[1:] != scores.shape or offsets is None or \
+                offsets.ndim != 1 or int(offsets[-1]) != per_token.shape[0]:
+            raise bad("'per_token' must be [sum of row lengths, n_layers, n_heads] with "
+                      "'per_token_offsets' [N + 1] ending at its length")
+        lengths["per_token_offsets - 1"] = offsets.shape[0] - 1
     if len(set(lengths.values())) > 1:
         raise bad(f"per-sample tensors disagree on N ({', '.join(f'{k} {n}' for k, n in lengths.items())})")
 
@@ -219,6 +317,12 @@ def delta(after: ActivationPattern, before: ActivationPattern) -> ActivationPatt
     if after.index is not None and before.index is not None and not torch.equal(
             after.index, before.index):
         raise PatternError("cannot subtract patterns of different rows (index differs)")
+    dtypes = [(p.meta.get("model") or {}).get("dtype") for p in (after, before)]
+    if None not in dtypes and dtypes[0] != dtypes[1]:
+        import warnings
+
+        warnings.warn(f"delta of a {dtypes[0]} pattern and a {dtypes[1]} one: part of the "
+                      f"difference is the precision, not the model", stacklevel=2)
     meta = {key: after.meta[key] for key in ("task", *SAME_SCORING[1:7]) if key in after.meta}
     meta.update(kind=DELTA_KIND, after=after.meta.get("model"), before=before.meta.get("model"),
                 model=after.meta.get("model"))

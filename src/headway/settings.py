@@ -69,8 +69,9 @@ H_SPLIT = "dataset split for folders and hub ids"
 H_CONFIG = "hub dataset configuration, e.g. 'main' for gsm8k"
 H_PROMPT = "prompt column (default: auto-detect)"
 H_RESPONSE = "response column (default: auto-detect)"
-H_TEMPLATE = ("qa ('Question: {prompt}\\nAnswer: ', default), raw, chat (the tokenizer's chat "
-              "template) or a custom string containing {prompt}")
+H_TEMPLATE = ("qa ('Question: {prompt}\\nAnswer: '), raw, chat (the tokenizer's chat template) "
+              "or a custom string containing {prompt} (default: from the columns: "
+              "prompt/completion -> raw, messages -> chat, anything else -> qa)")
 H_MAX_LENGTH = "tokens per row"
 H_OVERLONG = "rows longer than --max-length: truncate the response or drop the row"
 H_DTYPE = "float32 (default), bfloat16 or float16"
@@ -115,7 +116,7 @@ class RowArgs(Settings):
     config: str | None = _f(None, H_CONFIG)
     prompt_field: str | None = _f(None, H_PROMPT)
     response_field: str | None = _f(None, H_RESPONSE)
-    template: str = _f("qa", H_TEMPLATE)
+    template: str | None = _f(None, H_TEMPLATE)
     max_length: int = _f(1024, H_MAX_LENGTH, min=1)
     overlong: Overlong = _f("truncate", H_OVERLONG)
 
@@ -181,6 +182,9 @@ class ScoreArgs(TaskArgs, ModelArgs):
     batch_size: int | None = _f(None, "rows per batch (default 8; 4 with --convention paper)",
                                 min=1)
     per_sample: bool = _f(False, "also store every sample's signed L x H scores")
+    per_token: bool = _f(False, "also store each token position's signed share of every "
+                                "head's score (rows x tokens x L x H; `headway report` and "
+                                "pattern.token_view show it)")
     checkpoint_layers: bool | None = _f(None, "recompute each decoder layer in the backward "
                                               "pass: the activations of about one layer are "
                                               "held instead of all, for about a third more "
@@ -326,6 +330,26 @@ class CompareArgs(TaskArgs):
     device: str | None = _f(None, H_DEVICE)
     output: str | None = _f(None, "output folder (default runs/compare-TASK)", aliases=["-o"])
     progress: bool = _f(True, H_PROGRESS)
+
+
+@dataclass(kw_only=True)
+class EstimateArgs(Settings):
+    """``headway estimate``: predicted peak memory from a model's config alone."""
+
+    model: str = _required("model folder, hub id (its config: cached or reachable) or "
+                           "built-in alias; no weights are read", positional=True)
+    batch_size: int = _f(8, "rows per batch", min=1)
+    length: int = _f(1024, "tokens per row (half of them response)", min=2)
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("bfloat16", "weight dtype")
+    mixed_precision: str | None = _f(None, "bf16 or fp16: training computes in that precision "
+                                           "(autocast) over --dtype weights")
+    train: bool = _f(True, "also estimate headway train (full, LoRA, heads; AdamW; probes of "
+                           "the same size)")
+    gradient_checkpointing: bool = _f(False, "training with gradient checkpointing")
+    device_memory: list[float] = _f([24.0, 80.0, 141.0], "device sizes (GB) to find the "
+                                                         "largest batch for")
+    trust_remote_code: bool = _f(False, "allow the model's own config code from the hub")
+    json: bool = _f(False, "print JSON instead of a table")
 
 
 @dataclass(kw_only=True)

@@ -19,10 +19,11 @@ the figures and the HTML report are drawn from it by :mod:`headway.report`.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from ..errors import HeadwayError
 from ..locks import owning
 from ..patterns import ActivationPattern, pattern_paths
 from ..storage import atomic_write_json
+from ..training.run import read_manifest, run_folder
 from . import fitting
 from .composition import composition, split_runs
 
@@ -101,31 +103,6 @@ def load_patterns(paths: list[str]) -> tuple[dict[str, tuple[Path, ActivationPat
     return dict(zip(pattern_names(stems, patterns), zip(stems, patterns))), ignored
 
 
-def read_manifest(run_dir: Path) -> dict:
-    """A run's ``manifest.json``, or one line naming it when it cannot be read."""
-    path = run_dir / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise AnalysisError(f"{path}: not a readable manifest ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})",
-                            hint="the file was cut or edited; train the run again") from err
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("train_task"), dict):
-        raise AnalysisError(f"{path}: not a run manifest (no 'train_task')")
-    return manifest
-
-
-def run_folder(path: Path) -> Path:
-    """The folder holding a run's records: ``path`` itself (``headway train``, ``headway
-    trajectory``), or ``path/headway`` (a Trainer's output_dir with
-    :class:`~headway.training.callback.PatternCallback`)."""
-    for candidate in (path, path / "headway"):
-        if (candidate / "manifest.json").is_file():
-            return candidate
-    raise AnalysisError(f"{path}: no manifest.json here or in {path / 'headway'}: not a run "
-                        f"folder of headway train, PatternCallback or headway trajectory")
-
-
 def _run_summary(run_dir: Path) -> dict:
     """A tracked run's own-task probe: AP before and after, per-sample scores, dynamics."""
     from safetensors.torch import load_file
@@ -174,13 +151,93 @@ def _run_summaries(runs: list[str]) -> list[dict]:
 # ---------------------------------------------------------------- the analysis
 
 
-def analyze(out: Path, patterns: list[str] = (), runs: list[str] = (),
+FIELDS = ("inputs", "patterns", "similarity", "runs", "composition", "faithfulness")
+
+
+@dataclass(repr=False)
+class Analysis:
+    """The numbers of an analysis, field for field those of ``analysis.json``: ``inputs``,
+    ``patterns`` (per pattern: Gini, CV, entropy, top heads), ``similarity`` (task x task
+    Pearson, Spearman, cosine, top-k Jaccard, clustering order), ``runs`` (per run: ΔAP,
+    dynamics, parameter-change concentration), ``composition`` (the fit of the complex run's
+    ΔAP, with controls and the shared component) and ``faithfulness`` (ablations). ``path``:
+    the folder it was written to, if any (``headway report`` draws it)."""
+
+    inputs: dict = field(default_factory=dict)
+    patterns: dict = field(default_factory=dict)
+    similarity: dict | None = None
+    runs: dict = field(default_factory=dict)
+    composition: dict | None = None
+    faithfulness: dict | None = None
+    path: Path | None = None
+
+    def to_dict(self) -> dict:
+        """What ``analysis.json`` holds."""
+        return {name: getattr(self, name) for name in FIELDS
+                if getattr(self, name) not in (None, {})}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/analysis.json``; return the folder."""
+        folder = Path(folder)
+        atomic_write_json(folder / "analysis.json", self.to_dict())
+        self.path = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Analysis:
+        """Read ``folder/analysis.json`` (one line naming it when it cannot be read)."""
+        import json
+
+        path = Path(folder) / "analysis.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as err:
+            raise AnalysisError(f"{path}: not a readable analysis.json ({err})") from err
+        if not isinstance(data, dict):
+            raise AnalysisError(f"{path}: not an analysis (expected a JSON object)")
+        return cls(**{name: data[name] for name in FIELDS if name in data}, path=Path(folder))
+
+    def __repr__(self) -> str:
+        parts = [f"{len(self.patterns)} patterns", f"{len(self.runs)} runs"]
+        if self.composition:
+            fit = self.composition["least_squares"]
+            parts.append(f"composition of {self.composition['target']}: R² {fit['r2']:.3f}")
+        if self.faithfulness:
+            parts.append(f"ablation of {len(self.faithfulness)} patterns")
+        return f"<Analysis: {', '.join(parts)}>"
+
+
+def analyze(runs=(), patterns=(), *, complex: str | None = None, control=(),
+            model: str | None = None, output_dir: str | Path | None = None, k: int = 10,
+            random_draws: int = 20, bootstrap: int = 200, permutations: int = 500,
+            seed: int = 0, progress: bool = True) -> Analysis:
+    """The findings of tracked ``runs`` (folders) and ``patterns`` (files), as
+    ``headway analyze`` computes them: an :class:`Analysis`. ``complex``: the run whose ΔAP
+    is fitted on the others' (``control``: unrelated runs that enter the fit apart);
+    ``model``: also ablate each pattern's top-``k`` heads on it against ``random_draws``
+    random sets. ``output_dir``: also write ``analysis.json`` there (and keep the ablations'
+    finished results there for a rerun); ``headway report OUTPUT_DIR`` draws it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() if output_dir is None else \
+            contextlib.nullcontext(output_dir) as folder:
+        result = run_analysis(Path(folder), patterns=list(patterns), runs=list(runs),
+                              complex_run=complex, controls=list(control), model=model, k=k,
+                              n_random=random_draws, n_boot=bootstrap, n_perm=permutations,
+                              seed=seed, progress=progress)
+    return Analysis(**{name: result[name] for name in FIELDS if name in result},
+                    path=None if output_dir is None else Path(output_dir))
+
+
+def run_analysis(out: Path, patterns: list[str] = (), runs: list[str] = (),
             complex_run: str | None = None, model: str | None = None, k: int = 10,
             n_random: int = 20, n_boot: int = 200, n_perm: int = 500, seed: int = 0,
             ablation_modes: tuple[str, ...] = ("zero", "mean"),
             ablation_rows: int | None = None, progress: bool = True,
             controls: list[str] = ()) -> dict:
-    """Compute everything the inputs allow; write ``out/analysis.json``.
+    """Compute everything the inputs allow; write ``out/analysis.json``; return its dict.
 
     ``controls``: runs (task names or folders, among ``runs``) of unrelated basic tasks that
     enter the composition fit of ``complex_run`` and are reported apart

@@ -17,6 +17,7 @@ or call a command directly: ``headway.commands.scoring.score(ScoreArgs(...))``.
 | ``analysis`` | analyze, report, compare |
 | ``experiments`` | eval, mix, select, modes |
 | ``demo`` | demo |
+| ``estimate`` | estimate |
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ COMMANDS = {
     "SelectArgs": "experiments:select",
     "ModesArgs": "experiments:modes",
     "DemoArgs": "demo:demo",
+    "EstimateArgs": "estimate:estimate",
 }
 
 

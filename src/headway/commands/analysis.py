@@ -10,7 +10,7 @@ from .common import load_task
 
 def analyze(args: AnalyzeArgs) -> int:
     """Patterns and runs -> ``OUTPUT_DIR/analysis.json`` and figures."""
-    from ..analysis.findings import analyze as analyze_findings
+    from ..analysis.findings import run_analysis as analyze_findings
     from ..report.static import analysis_figures
     from ..storage import check_writable
 
@@ -49,7 +49,7 @@ def compare(args: CompareArgs) -> int:
                              k=args.top_k, names=tuple(args.names), dtype=args.dtype,
                              device=args.device, progress=args.progress,
                              template=args.template, max_length=args.max_length,
-                             overlong=args.overlong)
+                             overlong=args.overlong).summary()
     compare_figures(out, redraw=True)
     a, b = summary["names"]
     print(f"{task.name}: {a} -> {b}: Gini {summary['a']['gini']:.3f} -> {summary['b']['gini']:.3f}"

@@ -46,10 +46,11 @@ def trajectory(args: TrajectoryArgs) -> int:
     """Probe patterns and parameter change at the base and every checkpoint."""
     from ..training.trajectory import trajectory as record_trajectory
 
-    out = record_trajectory(
+    run = record_trajectory(
         args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0],
         base=args.base, probes=probe_tasks(args), output_dir=args.output_dir,
         template=args.template, max_length=args.max_length, overlong=args.overlong,
         dtype=args.dtype, device=args.device, progress=args.progress)
-    print(f"wrote the trajectory to {out}; `headway analyze --runs {out}` analyses it")
+    print(f"wrote the trajectory to {run.path}; `headway analyze --runs {run.path}` analyses "
+          f"it")
     return 0

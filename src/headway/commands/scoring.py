@@ -26,7 +26,8 @@ def score(args: ScoreArgs) -> int:
                          batch_size=args.batch_size, template=args.template,
                          max_length=args.max_length, overlong=args.overlong,
                          keep_per_sample=args.per_sample, progress=args.progress,
-                         save_to=output, checkpoint_layers=args.checkpoint_layers)
+                         save_to=output, checkpoint_layers=args.checkpoint_layers,
+                         per_token=args.per_token)
     if state and not state.is_main_process:
         return 0
     m = pattern.meta

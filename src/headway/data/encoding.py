@@ -16,6 +16,21 @@ TEMPLATES = {"qa": "Question: {prompt}\nAnswer: ", "raw": "{prompt}"}
 OVERLONG_POLICIES = ("truncate", "drop")
 
 
+def template_for(task, template: str | None = None) -> str:
+    """The template ``task``'s prompts are rendered with: ``template`` when given, else the
+    one its columns call for: conversational ``messages`` rows -> ``"chat"``; TRL's
+    prompt/completion rows (``prompt`` and ``completion`` columns) -> ``"raw"``, the prompt as
+    it is; anything else (question/answer, ...) -> ``"qa"``, the released script's
+    ``"Question: {prompt}\nAnswer: "``."""
+    if template is not None:
+        return template
+    if any(e.messages is not None for e in task.examples):
+        return "chat"
+    if task.prompt_field == "prompt" and task.response_field == "completion":
+        return "raw"
+    return "qa"
+
+
 def render_example(example: Example, template: str, tokenizer=None) -> str:
     """The prompt text the model sees for ``example``: conversational rows through the
     tokenizer's chat template (whatever ``template`` says), others by :func:`render_prompt`."""

@@ -90,12 +90,16 @@ class PeakMemory(TorchDispatchMode):
 
         out = func(*args, **(kwargs or {}))
         self._sweep()
+        inputs = {(str(t.device), t.untyped_storage().data_ptr())
+                  for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
             key = (str(t.device), storage.data_ptr())
-            if storage.nbytes() == 0 or key in self._alive:
+            # a view or an in-place result shares an input's storage: nothing new
+            if storage.nbytes() == 0 or key in self._alive or key in inputs:
                 continue
             self._alive[key] = (StorageWeakRef(storage), storage.nbytes())
             self.live += storage.nbytes()

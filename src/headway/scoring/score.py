@@ -38,6 +38,7 @@ from ..distributed import barrier, rank_world
 from ..locks import owning
 from ..models.placement import input_device
 from ..models.sharding import is_sharded
+from ..patterns import ActivationPattern
 from ..storage import atomic_save_tensors, check_free_space
 from .head_scores import (
     CONVENTIONS,
@@ -142,9 +143,12 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
                   pad_id: int, convention: str = "sample", method: str = "gate",
                   batch_size: int | None = None, pad_to: int | None = None,
                   progress: bool = True, checkpoint: ScoreCheckpoint | None = None,
-                  desc: str = "scoring", checkpoint_layers: bool | None = None
-                  ) -> dict[str, torch.Tensor]:
-    """Score every encoded row; return ``{"per_sample": [N, L, H] signed, "loss": [N]}``.
+                  desc: str = "scoring", checkpoint_layers: bool | None = None,
+                  per_token: bool = False) -> dict[str, torch.Tensor]:
+    """Score every encoded row; return ``{"per_sample": [N, L, H] signed, "loss": [N]}``
+    (and ``"compute_dtype"``; with ``per_token``, ``"per_token"``: for each row its
+    ``[T_i, L, H]`` float32 contributions of each token position, summing to its
+    ``per_sample`` row; the resume file is not used then).
 
     ``sample`` sorts rows by length (less padding); ``paper`` keeps file order in batches of
     ``batch_size`` (default 4), as the released script does. Finished batches are skipped on
@@ -165,6 +169,10 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
         raise ScoringError(f"unknown loss convention {convention!r}; choose one of {CONVENTIONS}")
     if method not in METHODS:
         raise ScoringError(f"unknown method {method!r}; choose one of {METHODS}")
+    if per_token and method != "gate":
+        raise ScoringError("per-token attribution comes from the gate path (method='gate')")
+    if per_token:
+        checkpoint = None  # variable-length values: a per-token run starts over
     if not encoded:
         raise ScoringError("nothing to score: no rows left after encoding")
     batch_size = check_batch_size(batch_size, convention)
@@ -186,9 +194,17 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
     done = sum(int(state["done"][rows].sum()) for rows in batches if rows is not None)
     limit = [batch_size]  # lowered for good after an out-of-memory error
 
+    tokens: dict[int, torch.Tensor] = {}  # row -> [T_i, L, H], with per_token
+
     def score_rows(rows):
-        return step(model, collate([encoded[i] for i in rows], pad_id, pad_to, device), n_heads,
-                    convention)
+        batch = collate([encoded[i] for i in rows], pad_id, pad_to, device)
+        if not per_token:
+            return step(model, batch, n_heads, convention)
+        kept: list = []
+        out = step(model, batch, n_heads, convention, per_token=kept)
+        for b, row in enumerate(rows):
+            tokens[row] = kept[0][b, :len(encoded[row].input_ids)].cpu()
+        return out
 
     layers = offloaded(model) if checkpoint_layers is None else checkpoint_layers
     seen: set = set()  # the dtype reaching the output projections: what computes
@@ -227,35 +243,39 @@ def score_encoded(model: nn.Module, encoded: Sequence, n_layers: int, n_heads: i
             summed = state[name].to(device)
             dist.all_reduce(summed)
             state[name] = summed.cpu()
-    return {"per_sample": state["per_sample"], "loss": state["loss"],
-            "compute_dtype": ",".join(sorted(seen)) or None}
+        if per_token:
+            parts = [None] * world
+            dist.all_gather_object(parts, tokens)
+            tokens = {row: t for part in parts for row, t in part.items()}
+    out = {"per_sample": state["per_sample"], "loss": state["loss"],
+           "compute_dtype": ",".join(sorted(seen)) or None}
+    if per_token:
+        out["per_token"] = [tokens[i] for i in range(N)]
+    return out
 
 
 def score_task(lm, task, convention: str = "sample", method: str = "gate",
-          batch_size: int | None = None, template: str = "qa", max_length: int = 1024,
-          overlong: str = "truncate", keep_per_sample: bool = False, progress: bool = True,
-          save_to: str | Path | None = None, pad_to: int | None = None,
-          checkpoint_layers: bool | None = None):
+               batch_size: int | None = None, template: str | None = None,
+               max_length: int = 1024, overlong: str = "truncate",
+               keep_per_sample: bool = False, progress: bool = True,
+               save_to: str | Path | None = None, pad_to: int | None = None,
+               checkpoint_layers: bool | None = None, per_token: bool = False):
     """Activation pattern of ``task`` (a :class:`headway.data.rows.Task`) on ``lm`` (a
-    :class:`headway.models.loading.LoadedModel`). ``checkpoint_layers``: see
-    :func:`score_encoded`.
-
-    Returns an :class:`~headway.patterns.ActivationPattern` whose ``scores[l, h]`` is
-    mean_i |s_i[l, h]| and whose metadata records model, data, convention and versions.
-    ``save_to``: write the pattern there (see :meth:`ActivationPattern.save`); while the run
-    lasts, finished batches are kept in ``<save_to>.partial.safetensors`` so a crashed run
-    resumes where it stopped when started again with the same arguments.
-    """
-    from ..data.encoding import encode_examples
+    :class:`headway.models.loading.LoadedModel`): see :func:`score`, which takes the user's
+    own objects and calls this."""
+    from ..data.encoding import encode_examples, template_for
     from ..data.rows import task_record
     from ..patterns import ActivationPattern, pattern_meta, pattern_paths
 
+    template = template_for(task, "qa" if template is None and convention == "paper"
+                            else template)
     if convention == "paper" and template != "qa":
         raise ScoringError("the paper convention uses the released script's 'qa' template")
     start = time.perf_counter()
     encoded, stats = encode_examples(task.examples, lm.tokenizer, template=template,
                                      max_length=max_length, overlong=overlong, source=task.source,
                                      prompt_field=getattr(task, "prompt_field", None))
+    check_token_ids(encoded, lm)
     batch_size = check_batch_size(batch_size, convention)
     settings = {"convention": convention, "method": method, "batch_size": batch_size,
                 "template": template, "max_length": max_length, "overlong": overlong}
@@ -275,7 +295,7 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
                                convention=convention, method=method, batch_size=batch_size,
                                pad_to=pad_to, progress=progress, checkpoint=checkpoint,
                                desc=f"scoring {task.name}",
-                               checkpoint_layers=checkpoint_layers)
+                               checkpoint_layers=checkpoint_layers, per_token=per_token)
         per_sample = result["per_sample"]
         meta = pattern_meta(
             lm.describe(), task_record(task), settings, n_samples=len(encoded),
@@ -288,8 +308,12 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
             world_size=world)  # elapsed_s: over every session of a resumed run
         pattern = ActivationPattern(
             scores=per_sample.abs().mean(0), meta=meta,
-            per_sample=per_sample if keep_per_sample else None, loss=result["loss"],
-            index=torch.tensor([e.index for e in encoded], dtype=torch.long))
+            per_sample=per_sample if keep_per_sample or per_token else None,
+            loss=result["loss"], index=torch.tensor([e.index for e in encoded], dtype=torch.long))
+        if per_token:
+            pattern.per_token = result["per_token"]
+            pattern.tokens = [token_pieces(lm.tokenizer, e.input_ids) for e in encoded]
+            pattern.response = [[label != -100 for label in e.labels] for e in encoded]
         if save_to:
             if rank == 0:
                 pattern.save(save_to)
@@ -298,38 +322,88 @@ def score_task(lm, task, convention: str = "sample", method: str = "gate",
     return pattern
 
 
-def score(model, tokenizer=None, data=None, *, prompt_field: str | None = None,
-          response_field: str | None = None, template: str = "qa", convention: str = "sample",
-          method: str = "gate", batch_size: int | None = None, max_length: int = 1024,
-          overlong: str = "truncate", per_sample: bool = False, progress: bool = True,
-          save_to: str | Path | None = None, checkpoint_layers: bool | None = None):
+def token_pieces(tokenizer, ids: list[int]) -> list[str]:
+    """Each token of a row as the text it stands for (for display)."""
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def check_token_ids(encoded, lm) -> None:
+    """Refuse token ids the model has no embedding for (a tokenizer of another model)."""
+    rows = lm.model.get_input_embeddings().num_embeddings
+    biggest = max((max(e.input_ids) for e in encoded), default=0)
+    if biggest >= rows:
+        name = getattr(lm.tokenizer, "name_or_path", "") or type(lm.tokenizer).__name__
+        raise ScoringError(f"the tokenizer ({name}) makes token id {biggest}, but the model's "
+                           f"embeddings hold {rows} ids: the tokenizer belongs to another model",
+                           hint="pass the tokenizer saved with this model")
+
+
+def score(model, tokenizer=None, data=None, *, rows: int | None = None, offset: int = 0,
+          seed: int | None = None, shuffle: bool = False, prompt_field: str | None = None,
+          response_field: str | None = None, template: str | None = None,
+          convention: str = "sample", method: str = "gate", batch_size: int | None = None,
+          max_length: int = 1024, overlong: str = "truncate", per_sample: bool = False,
+          per_token: bool = False, checkpoint_layers: bool | None = None,
+          progress: bool = True, save_to: str | Path | None = None, dtype: str = "float32",
+          device: str | None = None) -> ActivationPattern:
     """The activation pattern of ``data`` on ``model``: AP[l, h] = mean_i |s_i[l, h]|.
 
     ``model``: a transformers ``PreTrainedModel`` of a supported family, or a PEFT model
-    around one, in any mode (scores are computed in eval mode, and the mode is restored), on
-    any single device. ``tokenizer``: its Hugging Face tokenizer (one without a pad token is
+    around one, in any mode (scores are computed in eval mode, and the mode is restored); or a
+    model name (built-in alias, folder, hub id), loaded with its tokenizer in ``dtype`` on
+    ``device``. ``tokenizer``: the model's Hugging Face tokenizer (one without a pad token is
     fine; it is not changed). ``data``: a ``datasets.Dataset``, a list of dicts, a pandas
-    DataFrame, a file path or a task name (see :func:`headway.data.as_task`), with
-    prompt/response columns or conversational ``messages`` rows.
+    DataFrame, a file path or a task name (:func:`headway.as_task`), with prompt/response
+    columns or conversational ``messages`` rows.
+
+    Rows, as the command line's flags: ``rows`` (default: all; 64 for a built-in task) after
+    ``offset``, in order or ``shuffle``\ d with ``seed``. ``template``: None chooses from the
+    columns (:func:`headway.data.encoding.template_for`: prompt/completion -> raw, messages ->
+    chat, else qa). ``convention``, ``method``, ``batch_size`` (None: 8, or 4 for ``paper``),
+    ``max_length``, ``overlong``, ``checkpoint_layers``: as ``headway score``.
 
     Returns an :class:`~headway.patterns.ActivationPattern`: ``scores`` ``[L, H]`` float32,
-    ``loss`` ``[N]`` (each row's mean response-token loss, nats), ``index`` ``[N]`` and, with
-    ``per_sample=True``, the signed ``per_sample`` ``[N, L, H]``. ``save_to``: also write it
-    there (``.safetensors`` + ``.json``), resuming from ``<save_to>.partial.safetensors``.
-
-    Also accepts ``score(loaded_model, task)`` with headway's own
-    :class:`~headway.models.LoadedModel` and :class:`~headway.tasks.Task`.
+    ``loss`` ``[N]`` (each row's mean response-token loss, nats), ``index`` ``[N]``; with
+    ``per_sample=True`` the signed ``per_sample`` ``[N, L, H]``; with ``per_token=True`` also
+    ``per_token``: for each row its ``[T_i, L, H]`` signed contributions of every token
+    position (the gate's sum before it runs over tokens; per row they sum to ``per_sample``),
+    with the row's ``tokens``. ``save_to``: also write it there (``.safetensors`` +
+    ``.json``), resuming from ``<save_to>.partial.safetensors``.
     """
     from ..data.user import as_task
-    from ..models.loading import LoadedModel, wrap_model
+    from ..models.loading import LoadedModel, load_model, wrap_model
 
-    if isinstance(model, LoadedModel) and data is None:  # score(lm, task)
+    if isinstance(model, LoadedModel) and data is None and tokenizer is not None \
+            and not callable(tokenizer):  # score(lm, task): headway's own objects
         tokenizer, data = model.tokenizer, tokenizer
+    if isinstance(model, (str, os.PathLike)):
+        given = tokenizer if _is_tokenizer(tokenizer) else None
+        if data is None and tokenizer is not None and given is None:
+            data = tokenizer  # score("name", rows)
+        model = load_model(str(model), dtype=dtype, device=device, tokenizer=given)
+        tokenizer = given or model.tokenizer
+    elif isinstance(model, LoadedModel) and tokenizer is None:
+        tokenizer = model.tokenizer
     if data is None:
+        if tokenizer is not None and not _is_tokenizer(tokenizer):
+            raise ScoringError(f"score(model, tokenizer, data): the second argument is a "
+                               f"{type(tokenizer).__name__}, not a tokenizer; pass "
+                               f"score(model, tokenizer, rows)")
         raise ScoringError("score(model, tokenizer, data): no data given")
+    if not _is_tokenizer(tokenizer):
+        raise ScoringError(f"score(model, tokenizer, data): expected a Hugging Face tokenizer "
+                           f"as the second argument, got {type(tokenizer).__name__}")
+    check_batch_size(batch_size, convention)
     lm = wrap_model(model, tokenizer)
-    task = as_task(data, prompt_field=prompt_field, response_field=response_field)
+    task = as_task(data, prompt_field=prompt_field, response_field=response_field, rows=rows,
+                   offset=offset, seed=seed, shuffle=shuffle)
     return score_task(lm, task, convention=convention, method=method, batch_size=batch_size,
                       template=template, max_length=max_length, overlong=overlong,
                       keep_per_sample=per_sample, progress=progress, save_to=save_to,
-                      checkpoint_layers=checkpoint_layers)
+                      checkpoint_layers=checkpoint_layers, per_token=per_token)
+
+
+def _is_tokenizer(obj) -> bool:
+    """A Hugging Face tokenizer (or processor): callable, with ``encode`` and ``decode``."""
+    return callable(obj) and hasattr(obj, "decode") and (hasattr(obj, "encode")
+                                                         or hasattr(obj, "tokenizer"))

@@ -71,7 +71,10 @@ class PatternCallback(TrainerCallback):
     ``processing_class``). ``every``: record every this many optimizer steps (0: only at the
     start and the end). ``schedule="log"``: as many records, spaced evenly in log(step)
     instead (:func:`log_schedule`: dense early, when patterns move most, sparse later). ``output_dir``: the run folder (default ``<args.output_dir>/headway``).
-    ``template``, ``max_length``, ``overlong``, ``batch_size``: as for :func:`headway.score`.
+    ``template``, ``max_length``, ``overlong``, ``batch_size``: as for :func:`headway.score`
+    (``template`` None: each probe's rendering follows its columns, as it does in
+    :func:`headway.score`, :func:`headway.trajectory` and :func:`headway.compare`: TRL's
+    prompt/completion rows -> raw, ``messages`` -> chat, question/answer -> qa).
     ``initial_weights``: where W_0 of the parameter change comes from: default, the
     safetensors files the model was loaded from (``name_or_path``), read memory-mapped, or a
     copy in the weights' dtype when they are not there; a folder; or a
@@ -82,15 +85,29 @@ class PatternCallback(TrainerCallback):
     """
 
     def __init__(self, probes, tokenizer=None, every: int = 25, *, schedule: str = "every",
-                 output_dir=None,
-                 template: str = "qa", max_length: int = 1024, overlong: str = "truncate",
-                 batch_size: int = 8, track_weights: bool = True, initial_weights=None,
-                 manifest: dict | bool = True, train_task: str | None = None, model_info=None,
-                 trainer=None):
-        if every < 0:
-            raise ValueError(f"every must be >= 0 (got {every})")
+                 output_dir=None, template: str | None = None, max_length: int = 1024,
+                 overlong: str = "truncate", batch_size: int = 8, track_weights: bool = True,
+                 initial_weights=None, manifest: dict | bool = True,
+                 train_task: str | None = None, model_info=None, trainer=None):
+        from ..errors import HeadwayError
+        from ..scoring.score import _is_tokenizer
+
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise HeadwayError(f"PatternCallback: every is {every!r}; give a number of steps "
+                               f">= 0 (0: only the start and the end)")
         if schedule not in SCHEDULES:
-            raise ValueError(f"schedule {schedule!r} is not one of {SCHEDULES}")
+            raise HeadwayError(f"PatternCallback: schedule {schedule!r} is not one of "
+                               f"{SCHEDULES}")
+        if not (isinstance(probes, dict) and probes) and not (
+                isinstance(probes, (list, tuple)) and probes
+                and all(isinstance(p, Probe) for p in probes)):
+            raise HeadwayError(f"PatternCallback: probes must be a mapping of probe name to its "
+                               f"rows, e.g. {{'gsm8k': rows}}; got a {type(probes).__name__}")
+        if tokenizer is not None and not _is_tokenizer(tokenizer):
+            raise HeadwayError(f"PatternCallback: the second argument is a "
+                               f"{type(tokenizer).__name__}, not a tokenizer")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise HeadwayError(f"PatternCallback: batch_size is {batch_size!r}; give >= 1")
         self.schedule = schedule
         self.steps: set[int] | None = None  # the log schedule's steps, once the length is known
         self.raw_probes = probes
@@ -99,6 +116,7 @@ class PatternCallback(TrainerCallback):
         self.output_dir = Path(output_dir) if output_dir else None
         self.settings = {"convention": "sample", "method": "gate", "batch_size": batch_size,
                          "template": template, "max_length": max_length, "overlong": overlong}
+        # template None: each probe's own, from its columns (headway.data.encoding.template_for)
         self.track_weights = track_weights
         self.initial = initial_weights
         self.manifest = manifest
@@ -131,26 +149,27 @@ class PatternCallback(TrainerCallback):
 
     # -- set-up ---------------------------------------------------------------------------
     def _encode(self, tokenizer) -> list[Probe]:
-        from ..data.encoding import encode_examples
+        from ..data.encoding import encode_examples, template_for
         from ..data.rows import task_record
         from ..data.user import as_task
+        from ..errors import HeadwayError
 
         if isinstance(self.raw_probes, (list, tuple)) and all(
                 isinstance(p, Probe) for p in self.raw_probes):
             return list(self.raw_probes)
-        if not isinstance(self.raw_probes, dict) or not self.raw_probes:
-            raise ValueError("probes: give {name: data, ...} (data as for headway.score)")
         if tokenizer is None:
-            raise ValueError("PatternCallback needs the tokenizer (argument, or the Trainer's "
-                             "processing_class)")
+            raise HeadwayError("PatternCallback needs the tokenizer (argument, or the "
+                               "Trainer's processing_class)")
         out = []
         for name, data in self.raw_probes.items():
             task = as_task(data, name=name)
-            encoded, _ = encode_examples(task.examples, tokenizer, self.settings["template"],
-                                         self.settings["max_length"], self.settings["overlong"],
+            settings = {**self.settings, "template": template_for(task,
+                                                                  self.settings["template"])}
+            encoded, _ = encode_examples(task.examples, tokenizer, settings["template"],
+                                         settings["max_length"], settings["overlong"],
                                          task.source, prompt_field=task.prompt_field)
             out.append(Probe(name=name, encoded=encoded, task=task_record(task),
-                             settings=dict(self.settings)))
+                             settings=settings))
         return out
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import HeadwayError
 from ..locks import owning
+from .run import load_run
 
 _STEP = re.compile(r"checkpoint-(\d+)$")
 
@@ -58,14 +59,16 @@ def checkpoint_steps(checkpoints) -> list[tuple[int, Path]]:
 
 
 def trajectory(checkpoints, base: str, probes: dict, *, output_dir=None,
-               template: str = "qa", max_length: int = 1024, overlong: str = "truncate",
-               batch_size: int = 8, dtype: str = "float32", device=None,
-               progress: bool = True) -> Path:
+               template: str | None = None, max_length: int = 1024,
+               overlong: str = "truncate", batch_size: int = 8, dtype: str = "float32",
+               device=None, progress: bool = True):
     """Record the probes' patterns and the per-head parameter change at ``base`` (step 0) and
-    at every checkpoint; return the run folder (default ``<checkpoints>/headway-trajectory``).
+    at every checkpoint, in a run folder (default ``<checkpoints>/headway-trajectory``);
+    return it as a :class:`~headway.training.run.Run` (``.path`` is the folder).
 
     ``base``: the model the checkpoints were trained from (alias, folder or hub id).
-    ``probes``: ``{name: data}``, data as for :func:`headway.score`.
+    ``probes``: ``{name: data}``, data as for :func:`headway.score`. ``template``: None
+    follows each probe's columns, as :func:`headway.score` and the callback do.
     """
     from tqdm.auto import tqdm
 
@@ -110,12 +113,13 @@ def trajectory(checkpoints, base: str, probes: dict, *, output_dir=None,
         with bar:
             for step, path in [(0, None), *steps]:
                 if step not in recorder.done:
-                    lm = start if path is None else load_model(str(path), dtype=dtype, device=device,
-                                                               tokenizer=start.tokenizer)
+                    lm = start if path is None else load_model(
+                        str(path), dtype=dtype, device=device, tokenizer=start.tokenizer)
                     recorder.model_info = lm.describe()
                     recorder.record(lm.model, step)
                     del lm
                 bar.update(1)
-        atomic_write_json(manifest_file, {**json.loads(manifest_file.read_text()),
-                                          "status": "finished", "global_step": steps[-1][0]})
-    return out
+            atomic_write_json(manifest_file, {**json.loads(manifest_file.read_text()),
+                                              "status": "finished",
+                                              "global_step": steps[-1][0]})
+    return load_run(out)
