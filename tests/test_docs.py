@@ -24,3 +24,18 @@ def test_python_api_examples_run_as_written(llama_dir, tmp_path):
     assert (tmp_path / "runs" / "sums.png").is_file()
     assert (tmp_path / "runs" / "compare" / "compare.json").is_file()
     assert (tmp_path / "runs" / "sft-trajectory" / "patterns" / "step_000004").is_dir()
+    # the docs' callback, trajectory and compare give the same step-0 pattern of the rows
+    import torch
+
+    from headway.patterns import ActivationPattern
+
+    callback = ActivationPattern.load(tmp_path / "runs/sft/headway/patterns/step_000000/sums")
+    trajectory = ActivationPattern.load(tmp_path / "runs/sft-trajectory/patterns/step_000000/sums")
+    compared = ActivationPattern.load(tmp_path / "runs" / "compare" / "base")
+    for other in (trajectory, compared):
+        assert other.meta["template"] == callback.meta["template"] == "raw"
+        diff = float((other.scores - callback.scores).abs().max() / callback.scores.max())
+        assert diff <= 1e-6, diff
+    assert torch.equal(callback.index, compared.index)
+    assert (tmp_path / "runs" / "tokens.png").is_file()
+    assert (tmp_path / "runs" / "analysis" / "analysis.json").is_file()

@@ -210,7 +210,7 @@ def test_estimate_from_a_config_alone_matches_the_measured_peak(tmp_path, capsys
     folder = tmp_path / "config-only"
     config.save_pretrained(folder)
     assert main(["estimate", str(folder), "--batch-size", "4", "--length", "128", "--dtype",
-                 "float32", "--json", "--device-memory", "1"]) == 0
+                 "float32", "--json", "--device-memory", "1", "--no-progress"]) == 0
     rows = {r["workload"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
     assert set(rows) >= {"scoring", "scoring, layer checkpointing", "train --mode full"}
     torch.manual_seed(0)

@@ -112,10 +112,10 @@ def factors(config) -> tuple[int, int]:
     heads = getattr(text, "num_attention_heads", 1) or 1
     hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", 64)
     head_dim = getattr(text, "head_dim", None) or hidden // heads
+    rope = getattr(text, "qk_rope_head_dim", None)  # MLA's rotary part
     best = 1
     for f in (2, 4, 8, 16, 32):
-        if head_dim // f >= 4 and hidden % (heads * f) == 0 and \
-                (getattr(text, "qk_rope_head_dim", 8) or 8) // f >= 2:
+        if head_dim // f >= 4 and hidden % (heads * f) == 0 and (not rope or rope // f >= 2):
             best = f
     if best < 2:
         raise HeadwayError(f"cannot shrink this config (hidden {hidden}, {heads} heads of "
@@ -237,10 +237,11 @@ def estimate(config, batch: int = 8, length: int = 1024, dtype: str = "bfloat16"
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}[dtype]
     weights, n_params = parameter_bytes(config, torch_dtype)
-    one = activations(config, 1, length, torch_dtype, workload, mode, checkpoint_layers, mixed)
     many = activations(config, batch, length, torch_dtype, workload, mode, checkpoint_layers,
-                       mixed) if batch > 1 else one
-    per_row = (many - one) // max(batch - 1, 1) if batch > 1 else one
+                       mixed)
+    # a row's share: activations grow with the rows (the LM head's chunks do not, so this
+    # slope is an upper bound and the largest batch it gives a safe one)
+    per_row = many // batch
     result = Estimate(workload if workload == "score" else f"train {mode}", batch, length,
                       weights, many, per_row=per_row)
     if workload == "train":

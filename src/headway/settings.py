@@ -343,13 +343,23 @@ class EstimateArgs(Settings):
     dtype: Literal["float32", "bfloat16", "float16"] = _f("bfloat16", "weight dtype")
     mixed_precision: str | None = _f(None, "bf16 or fp16: training computes in that precision "
                                            "(autocast) over --dtype weights")
-    train: bool = _f(True, "also estimate headway train (full, LoRA, heads; AdamW; probes of "
-                           "the same size)")
+    workloads: list[str] = _f(["score", "score-layers", "full", "lora", "heads"],
+                              "what to estimate: score, score-layers (with layer "
+                              "checkpointing), and headway train with tracking in mode full, "
+                              "lora or heads (AdamW; probes of the same size)")
     gradient_checkpointing: bool = _f(False, "training with gradient checkpointing")
     device_memory: list[float] = _f([24.0, 80.0, 141.0], "device sizes (GB) to find the "
                                                          "largest batch for")
     trust_remote_code: bool = _f(False, "allow the model's own config code from the hub")
     json: bool = _f(False, "print JSON instead of a table")
+    progress: bool = _f(True, H_PROGRESS)
+
+    def __post_init__(self):
+        super().__post_init__()
+        unknown = set(self.workloads) - {"score", "score-layers", "full", "lora", "heads"}
+        if unknown:
+            raise SettingsError(f"--workloads {' '.join(sorted(unknown))}: choose among score, "
+                                f"score-layers, full, lora, heads")
 
 
 @dataclass(kw_only=True)

@@ -173,8 +173,7 @@ class Analysis:
 
     def to_dict(self) -> dict:
         """What ``analysis.json`` holds."""
-        return {name: getattr(self, name) for name in FIELDS
-                if getattr(self, name) not in (None, {})}
+        return {name: getattr(self, name) for name in FIELDS if getattr(self, name) is not None}
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder/analysis.json``; return the folder."""
@@ -260,7 +259,8 @@ def _analyze(out: Path, patterns, runs, complex_run, model, k, n_random, n_boot,
     if not patterns and not runs:
         raise AnalysisError("nothing to analyse: give --patterns (pattern files of headway "
                             "score) and/or --runs (run folders of headway train)")
-    result: dict = {"inputs": {"patterns": list(patterns), "runs": list(runs)}}
+    result: dict = {"inputs": {"patterns": [str(p) for p in patterns],
+                               "runs": [str(r) for r in runs]}}
     loaded, ignored = load_patterns(patterns)
     if ignored:
         result["inputs"]["ignored"] = ignored

@@ -15,13 +15,16 @@ def estimate(args: EstimateArgs) -> int:
     from ..estimate import GIB, load_config
     from ..estimate import estimate as predict
 
+    from tqdm.auto import tqdm
+
     config = load_config(args.model, args.trust_remote_code)
-    workloads = [("score", "full", False), ("score", "full", True)]
-    if args.train:
-        workloads += [("train", mode, args.gradient_checkpointing)
-                      for mode in ("full", "lora", "heads")]
+    plan = {"score": ("score", "full", False), "score-layers": ("score", "full", True),
+            **{mode: ("train", mode, args.gradient_checkpointing)
+               for mode in ("full", "lora", "heads")}}
+    workloads = [plan[name] for name in plan if name in args.workloads]
     rows = []
-    for workload, mode, layers in workloads:
+    for workload, mode, layers in tqdm(workloads, desc="measuring the shrunk model",
+                                       unit="workload", disable=not args.progress):
         e = predict(config, args.batch_size, args.length, dtype=args.dtype, workload=workload,
                     mode=mode, checkpoint_layers=layers, mixed=args.mixed_precision)
         label = ("scoring" + (", layer checkpointing" if layers else "") if workload == "score"

@@ -357,7 +357,7 @@ def score(model, tokenizer=None, data=None, *, rows: int | None = None, offset: 
     columns or conversational ``messages`` rows.
 
     Rows, as the command line's flags: ``rows`` (default: all; 64 for a built-in task) after
-    ``offset``, in order or ``shuffle``\ d with ``seed``. ``template``: None chooses from the
+    ``offset``, in order or shuffled (``shuffle``) with ``seed``. ``template``: None chooses from the
     columns (:func:`headway.data.encoding.template_for`: prompt/completion -> raw, messages ->
     chat, else qa). ``convention``, ``method``, ``batch_size`` (None: 8, or 4 for ``paper``),
     ``max_length``, ``overlong``, ``checkpoint_layers``: as ``headway score``.

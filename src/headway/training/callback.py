@@ -315,7 +315,8 @@ class PatternCallback(TrainerCallback):
                       f"gradients underflowing?)", file=sys.stderr)
             if self.is_main:
                 ActivationPattern(scores=scores, meta=meta, loss=out["loss"],
-                                  per_sample=out["per_sample"]).save(
+                                  per_sample=out["per_sample"],
+                                  index=torch.tensor([e.index for e in probe.encoded])).save(
                     self.run_dir / "patterns" / tag / probe.name)
             first = self.first.setdefault(probe.name, scores) if step == 0 else \
                 self.first.get(probe.name)
