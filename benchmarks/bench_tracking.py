@@ -49,13 +49,8 @@ from headway.models.architectures import resolve
 from headway.models.loading import load_model
 from headway.progress import quiet_hf_progress
 from headway.training.callback import log_schedule
-from headway.training.trainer import (
-    TrainConfig,
-    _checkpointing_field,
-    _task_spec,
-    load_config,
-    run_train,
-)
+from headway.training.config import TrainConfig
+from headway.training.trainer import _task_spec, run_train
 from headway.training.weight_change import relative_change, start_weights
 
 WARMUP = 2  # steps left out of the mean step time
@@ -102,8 +97,9 @@ class TimedSFTTrainer(SFTTrainer):
 
 def config_for(args, **fields) -> TrainConfig:
     """headway train's configuration for these runs: defaults, no saving, no progress bar."""
-    return load_config(None, **{"model": args.model, "task": args.task, "rows": ROWS,
-                                "save_final": False, "progress": False, **fields})
+    return TrainConfig(**{"model": args.model, "task": args.task, "rows": ROWS,
+                          "save_final": False, "disable_tqdm": True, "save_strategy": "no",
+                          **fields})
 
 
 def headway_run(args, **fields) -> dict:
@@ -147,12 +143,12 @@ def plain_run(args) -> dict:
             warmup_steps=c.warmup_steps, weight_decay=c.weight_decay, max_steps=c.max_steps,
             seed=c.seed, data_seed=c.seed, logging_steps=c.logging_steps, save_strategy="no",
             report_to="none", max_length=c.max_length, packing=False,
-            **{_checkpointing_field(SFTConfig): False},  # SFTConfig's default is True
+            activation_checkpointing=False,  # SFTConfig's default is on
             bf16=False, fp16=False,  # SFTConfig's bf16 default None may turn bf16 on
             disable_tqdm=True, use_cpu=not torch.cuda.is_available())
         trainer = TimedSFTTrainer(model=lm.model, args=sft, train_dataset=dataset,
                                   processing_class=lm.tokenizer)
-        trainer.remove_callback(PrinterCallback)  # as headway train without --progress
+        trainer.remove_callback(PrinterCallback)  # as headway train with --disable_tqdm
         trainer.train()
     return figures_of(trainer)
 

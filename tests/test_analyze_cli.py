@@ -13,7 +13,8 @@ import torch
 from headway.analysis.findings import pattern_names
 from headway.cli import main
 from headway.patterns import ActivationPattern
-from headway.training.trainer import load_config, run_train
+from headway.training.config import TrainConfig
+from headway.training.trainer import run_train
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +23,10 @@ def workspace(tmp_path_factory, llama_dir):
     runs = []
     for task in ("arithmetic", "sorting", "chain_sum"):
         run = root / f"run-{task}"
-        run_train(load_config(None, model=str(llama_dir), task=task, rows=16, probe_rows=6,
+        run_train(TrainConfig(model=str(llama_dir), task=task, rows=16, probe_rows=6,
                               max_steps=4, track_every=2, track_schedule="every",
                               per_device_train_batch_size=4,
-                              learning_rate=1e-2, output_dir=str(run), progress=False,
+                              learning_rate=1e-2, output_dir=str(run), disable_tqdm=True,
                               save_final=False))
         runs.append(run)
     patterns = []
@@ -68,10 +69,18 @@ def test_analyze_and_report(workspace, llama_dir, capsys):
     assert len(figures) == 1 + 1 + 3 * 3 + 2 + 1  # patterns, similarity, runs, fit, ablation
     capsys.readouterr()
 
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out), "--static"]) == 0
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(figures)
     assert "src=\"figures/" not in page and "http" not in page  # self-contained
+    r2 = comp["least_squares"]["r2"]
+    assert re.search(rf"R² = {r2:.3f}", page), "the report shows the JSON's R²"
+    assert "<script" not in page
+
+    assert main(["report", str(out)]) == 0  # interactive: Bokeh inlined, nothing fetched
+    page = (out / "report.html").read_text()
+    assert "patterns-heatmap" in page and "run-ap" in page and "ablation" in page
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", page)
     r2 = comp["least_squares"]["r2"]
     assert re.search(rf"R² = {r2:.3f}", page), "the report shows the JSON's R²"
     assert "Shared component" in page and "range (min–max) of 3 random draws" in page

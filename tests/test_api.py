@@ -126,7 +126,7 @@ def test_load_run_metrics_are_the_metrics_file(llama_dir, tmp_path, capsys):
     assert main(["train", "--model", str(llama_dir), "--task", "arithmetic", "--rows", "8",
                  "--max_steps", "4", "--per_device_train_batch_size", "4", "--probe_rows", "4",
                  "--track_every", "2", "--track_schedule", "every", "--logging_steps", "1",
-                 "--output_dir", str(run_dir), "--progress", "false", "--save_final",
+                 "--output_dir", str(run_dir), "--disable_tqdm", "true", "--save_final",
                  "false"]) == 0
     capsys.readouterr()
     run = headway.load_run(run_dir)
@@ -164,7 +164,7 @@ def test_analyze_returns_the_fields_of_analysis_json(llama_dir, tmp_path, capsys
     run_dir = tmp_path / "run"
     assert main(["train", "--model", str(llama_dir), "--task", "arithmetic", "--rows", "8",
                  "--max_steps", "2", "--per_device_train_batch_size", "4", "--probe_rows", "4",
-                 "--output_dir", str(run_dir), "--progress", "false", "--save_final",
+                 "--output_dir", str(run_dir), "--disable_tqdm", "true", "--save_final",
                  "false"]) == 0
     capsys.readouterr()
     with warnings.catch_warnings():

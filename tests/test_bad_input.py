@@ -361,7 +361,7 @@ def test_the_same_run_twice_counts_once(llama_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", str(llama_dir), "--task", "arithmetic", "--rows", "8",
                  "--max_steps", "2", "--per_device_train_batch_size", "4", "--probe_rows", "4",
-                 "--output_dir", str(run), "--progress", "false", "--save_final", "false"]) == 0
+                 "--output_dir", str(run), "--disable_tqdm", "true", "--save_final", "false"]) == 0
     assert main(["analyze", "--runs", str(run), str(run) + "/", "-o", str(tmp_path / "a")]) == 0
     analysis = json.loads((tmp_path / "a" / "analysis.json").read_text())
     assert list(analysis["runs"]) == ["arithmetic"]

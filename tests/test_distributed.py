@@ -33,7 +33,7 @@ def test_two_process_ddp_training_records(model_dir, tmp_path):
     out = tmp_path / "ddp"
     run(["train", "--model", str(model_dir), "--task", "arithmetic", "--rows", "16",
          "--probe_rows", "4", "--max_steps", "4", "--track_every", "2", "--track_schedule", "every",
-         "--per_device_train_batch_size", "2", "--output_dir", str(out), "--progress", "false"],
+         "--per_device_train_batch_size", "2", "--output_dir", str(out), "--disable_tqdm", "true"],
         2, tmp_path / "logs")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["global_step"] == 4

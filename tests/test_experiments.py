@@ -161,7 +161,7 @@ def test_eval_cli_refuses_training_rows_and_evaluates_held_out_rows(llama_dir, t
     run = tmp_path / "run"
     assert main(["train", "--model", str(llama_dir), "--task", "arithmetic", "--rows", "8",
                  "--max_steps", "1", "--per_device_train_batch_size", "4", "--tracking",
-                 "false", "--save_final", "false", "--progress", "false",
+                 "false", "--save_final", "false", "--disable_tqdm", "true",
                  "--output_dir", str(run)]) == 0
     assert main(["eval", "--model", str(llama_dir), "--task", "arithmetic", "-n", "4",
                  "--offset", "6", "--train-run", str(run), "--no-progress"]) == 2

@@ -182,7 +182,7 @@ def test_tracking_records_per_expert_change_equal_to_a_hand_computation(family, 
     assert main(["train", "--model", str(folder), "--task", "arithmetic", "--rows", "8",
                  "--max_steps", "2", "--per_device_train_batch_size", "4",
                  "--learning_rate", "1e-2", "--track_every", "0", "--probe_rows", "4",
-                 "--output_dir", str(run), "--progress", "false"]) == 0
+                 "--output_dir", str(run), "--disable_tqdm", "true"]) == 0
     capsys.readouterr()
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM

@@ -49,9 +49,12 @@ def train_args(model_dir, out, **kw) -> list[str]:
     fields = dict(model=model_dir, task="arithmetic", rows=24, probe_rows=4, max_steps=6,
                   per_device_train_batch_size=4, track_every=2, track_schedule="every",
                   save_steps=2,
-                  learning_rate=1e-2, logging_steps=1, progress="false", save_final="false",
+                  learning_rate=1e-2, logging_steps=1, disable_tqdm="true", save_final="false",
                   output_dir=out)
     fields.update(kw)
+    if fields["save_steps"] == 0:  # no scheduled checkpoints
+        del fields["save_steps"]
+        fields["save_strategy"] = "no"
     return ["train", *[a for k, v in fields.items() for a in (f"--{k}", str(v))]]
 
 

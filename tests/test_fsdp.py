@@ -21,9 +21,10 @@ from headway.models.architectures import resolve
 from headway.models.loading import load_model, pad_id
 from headway.patterns import ActivationPattern
 from headway.scoring.score import score_encoded
+from headway.training.config import TrainConfig
 from headway.training.heads import HeadSelection
 from headway.training.records import read_metrics
-from headway.training.trainer import _task_spec, build_probes, load_config
+from headway.training.trainer import _task_spec, build_probes
 from headway.training.weight_change import StartWeights, relative_change
 
 FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
@@ -31,7 +32,7 @@ FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
 # 20 probe rows in batches of 8: 3 batches, so the second process pads one
 TRAIN = ["train", "--task", "arithmetic", "--rows", "16", "--probe_rows", "20",
          "--max_steps", "4", "--track_every", "2", "--track_schedule", "every", "--per_device_train_batch_size", "2",
-         "--progress", "false"]
+         "--disable_tqdm", "true"]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_fsdp2_tracking_equals_ddp_and_the_weights_it_ran_on(model_dir, tmp_path
     # process on the gathered model (final/): scoring padded on one rank, norms per shard
     pattern, change = records(fsdp, 4)
     final = load_model(str(fsdp / "final"))
-    config = load_config(str(fsdp / "config.yaml"))
+    config = TrainConfig.from_yaml(fsdp / "config.yaml")
     probe = build_probes(config, final.tokenizer, load_task_of(config))[0]
     out = score_encoded(final.model, probe.encoded, final.n_layers, final.n_heads,
                         pad_id(final.tokenizer), batch_size=8, progress=False)
@@ -141,7 +142,7 @@ def test_bf16_mixed_precision_probes_compute_in_bf16_alike_under_ddp_and_fsdp2(m
     same run agree to bfloat16's resolution."""
     from scipy.stats import spearmanr
 
-    args = TRAIN + ["--model", str(model_dir), "--mixed_precision", "bf16"]
+    args = TRAIN + ["--model", str(model_dir), "--bf16", "true"]
     run(args + ["--output_dir", str(tmp_path / "ddp")], 2, tmp_path / "logs")
     run(args + ["--output_dir", str(tmp_path / "fsdp")], 2, tmp_path / "logs", FSDP)
     for step in (0, 4):
@@ -192,7 +193,7 @@ def test_fsdp2_tracker_reads_w0_from_the_hub_cache_without_a_copy(tmp_path):
     env = {**FSDP, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
            "HEADWAY_FAULT": "rss-start:0"}
     args = ["train", "--task", "arithmetic", "--rows", "4", "--probe_rows", "4",
-            "--max_steps", "1", "--per_device_train_batch_size", "2", "--progress", "false",
+            "--max_steps", "1", "--per_device_train_batch_size", "2", "--disable_tqdm", "true",
             "--save_final", "false"]
     grown = {}
     for name, model_name in (("hub", repo), ("twin", f"random:{repo}")):

@@ -224,3 +224,22 @@ def test_estimate_from_a_config_alone_matches_the_measured_peak(tmp_path, capsys
     assert rows["scoring, layer checkpointing"]["peak"] < rows["scoring"]["peak"]
     full = rows["train --mode full"]
     assert full["gradients"] == weights and full["optimizer"] == 2 * weights
+
+
+def test_estimate_counts_the_probe_records_of_tracked_training():
+    """A probe record scores probe_batch rows at once, between steps: with LoRA (little
+    gradient memory to free) a large probe batch can hold more than the training step; fewer
+    rows at once, or layer checkpointing, lower the predicted peak."""
+    import transformers as tf
+
+    from headway.estimate import estimate
+
+    config = tf.LlamaConfig(vocab_size=2000, hidden_size=128, intermediate_size=344,
+                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    big = estimate(config, 2, 128, "float32", "train", "lora", probe_batch=16)
+    small = estimate(config, 2, 128, "float32", "train", "lora", probe_batch=1)
+    lean = estimate(config, 2, 128, "float32", "train", "lora", probe_batch=16,
+                    probe_checkpoint_layers=True)
+    assert big.activations > small.activations and big.activations > lean.activations
+    # the 16-row probe record is the peak: it holds what scoring 16 rows holds
+    assert big.activations >= estimate(config, 16, 128, "float32", "score").activations * 0.99

@@ -21,9 +21,9 @@ from headway.settings import (
     ShowArgs,
     TasksArgs,
 )
-from headway.training.config import TrainConfig
 
-SETTINGS = {name: entry[0] for name, entry in COMMANDS.items() if entry[0] is not TrainConfig}
+SETTINGS = {name: entry[0] for name, entry in COMMANDS.items()
+            if entry[0] is not None}  # train: TRL's parser (test_training.py)
 
 
 def _value(f: dataclasses.Field, kind) -> tuple[list[str], object]:
@@ -35,7 +35,11 @@ def _value(f: dataclasses.Field, kind) -> tuple[list[str], object]:
         return [choice], choice
     if typing.get_origin(kind) is list:
         item = typing.get_args(kind)[0]
-        values = [item(7), item(8)] if item is int else ["first", "second"]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else []
+        if item in (int, float):
+            values = [item(7), item(8)]
+        else:  # values the field accepts, other than the default
+            values = default[::-1][:2] if len(default) > 1 else ["first", "second"]
         return [str(v) for v in values], values
     if kind is bool:
         return [str(not f.default).lower()], not f.default
@@ -87,6 +91,8 @@ def test_short_options_switches_and_positionals_as_before():
         ["c1", "c2"]
     assert parse(["analyze", "--patterns", "--runs", "r"]).patterns == []
     assert parse(["tasks"]) == TasksArgs()
+    from headway.training.config import TrainConfig
+
     assert isinstance(parse(["train", "--max_steps", "3"]), TrainConfig)
 
 

@@ -12,7 +12,12 @@ from headway.cli import main
 from headway.patterns import ActivationPattern
 from headway.training import callback
 from headway.training import records as tracking
-from headway.training.config import ConfigError, load_config
+from headway.training.config import (
+    ConfigError,
+    TrainConfig,
+    json_safe,
+    parse_train_config,
+)
 from headway.training.trainer import run_train
 
 
@@ -25,8 +30,11 @@ def config(model_dir, out, **kw):
     base = dict(model=str(model_dir), task="arithmetic", rows=24, probe_rows=6, max_steps=6,
                 per_device_train_batch_size=4, track_every=2, learning_rate=1e-2,
                 track_schedule="every",
-                logging_steps=2, output_dir=str(out), progress=False, save_final=False)
-    return load_config(None, **{**base, **kw})
+                logging_steps=2, output_dir=str(out), disable_tqdm=True, save_final=False,
+                save_strategy="no")
+    if "save_steps" in kw:
+        base["save_strategy"] = "steps"
+    return TrainConfig(**{**base, **kw})
 
 
 def probe_steps(run):
@@ -147,7 +155,7 @@ def test_train_cli_yaml_and_overrides(model_dir, tmp_path, capsys):
                          f"max_steps: 3\ntrack_every: 0\nper_device_train_batch_size: 4\n")
     out = tmp_path / "cli-run"
     assert main(["train", "--config", str(yaml_file), "--max_steps", "2", "--output_dir",
-                 str(out), "--progress", "false", "--save_final", "false"]) == 0
+                 str(out), "--disable_tqdm", "true", "--save_final", "false"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert "max_steps: 2" in (out / "config.yaml").read_text()
 
@@ -179,32 +187,119 @@ def test_relative_change_per_head_with_grouped_query_attention():
 
 
 def test_config_values_are_typed_and_bad_ones_named(tmp_path):
+    """YAML values go through each field's own flag conversion; a bad one is one line naming
+    the file and the field."""
     good = tmp_path / "good.yaml"
-    good.write_text("learning_rate: 5e-5\nrows: '8'\nheads: '1.2'\nmode: heads\n")
-    c = load_config(good)
+    good.write_text("learning_rate: 5e-5\nrows: '8'\nheads: '1.2'\nmode: heads\n"
+                    "report_to: [tensorboard]\nlr_scheduler_kwargs: {min_lr: 0.0}\n")
+    c = parse_train_config(["--config", str(good)])
     assert c.learning_rate == 5e-5 and c.rows == 8 and c.heads == ["1.2"]
+    assert c.report_to == ["tensorboard"] and c.lr_scheduler_kwargs == {"min_lr": 0.0}
     bad = tmp_path / "bad.yaml"
-    bad.write_text("rows: many\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: field 'rows': expected int, got 'many'"):
-        load_config(bad)
-    bad.write_text("mode: heads\nheads: [3.10]\n")  # would silently become head 3.1
-    with pytest.raises(ConfigError, match="field 'heads'.*write it in quotes"):
-        load_config(bad)
+    cases = {
+        "rows: many\n": r"bad.yaml: field 'rows': expected int, got 'many'",
+        "max_steps: 2.5\n": r"bad.yaml: field 'max_steps': expected int, got 2.5",
+        "tracking: maybe\n": r"bad.yaml: field 'tracking': expected true or false",
+        "mode: heads\nheads: [3.10]\n": r"bad.yaml: field 'heads'.*write it in quotes",
+        "learning_rat: 1.0e-4\n": r"bad.yaml: unknown field 'learning_rat'",
+        "optim: adamw_fast\n": r"bad.yaml: field 'optim': 'adamw_fast' is not one of",
+        "rows: [1, 2]\n": r"bad.yaml: field 'rows': expected a single value, got a list",
+        "packing: true\n": r"bad.yaml: field 'packing': packing is True: headway trains one",
+        "dataset_text_field: content\n": r"bad.yaml: field 'dataset_text_field'.*prompt_field",
+        "mode: heads\n": r"bad.yaml: field 'mode': mode 'heads' needs",
+        "learning_rate: -1.0\n": r"bad.yaml: field 'learning_rate': learning_rate is -1.0",
+        "- rows\n": r"bad.yaml: .*YAML mapping",
+        "rows: [\n": r"bad.yaml: not valid YAML",
+    }
+    for text, message in cases.items():
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=message) as err:
+            parse_train_config(["--config", str(bad)])
+        assert "\n" not in str(err.value), text
+    bad.write_text("rows: 8\n")  # a flag's conflicting value names the flag, not the file
+    with pytest.raises(ConfigError, match="^--packing: packing is True"):
+        parse_train_config(["--config", str(bad), "--packing", "true"])
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        parse_train_config(["--config", str(tmp_path / "missing.yaml")])
 
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="mode 'heads' needs"):
-        load_config(None, mode="heads")
+        TrainConfig(mode="heads")
     with pytest.raises(ConfigError, match="need mode 'heads'"):
-        load_config(None, heads=["1.1"])
+        TrainConfig(heads=["1.1"])
     with pytest.raises(ConfigError, match="mode 'sparse' is not one of"):
-        load_config(None, mode="sparse")
+        TrainConfig(mode="sparse")
+    with pytest.raises(ConfigError, match="resumes from output_dir/checkpoints by itself"):
+        TrainConfig(resume_from_checkpoint="somewhere")
 
 
-def test_tensorboard_logging_when_asked(model_dir, tmp_path):
+def test_train_help_lists_every_sftconfig_field(capsys):
+    import dataclasses
+
+    from trl import SFTConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(SFTConfig):
+        if f.init:
+            assert f"--{f.name}" in text, f.name
+    assert text.index("--task ") < text.index("--learning_rate")  # headway's fields first
+
+
+def test_trl_options_and_tensorboard_through_the_cli(model_dir, tmp_path):
+    """Any SFTConfig option works; report_to tensorboard gets the Trainer's logs and
+    headway's records (headway/<probe>/...), in RUN/tensorboard."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     run = tmp_path / "run"
-    run_train(config(model_dir, run, max_steps=2, track_every=0, tensorboard=True))
-    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert main(["train", "--model", str(model_dir), "--task", "arithmetic", "--rows", "8",
+                 "--probe_rows", "4", "--max_steps", "4", "--per_device_train_batch_size", "4",
+                 "--track_every", "2", "--track_schedule", "every", "--optim", "adafactor",
+                 "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.1", "--report_to",
+                 "tensorboard", "--logging_steps", "1", "--output_dir", str(run),
+                 "--disable_tqdm", "true", "--save_final", "false"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["optim"] == "adafactor" and manifest["report_to"] == ["tensorboard"]
+    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*"))))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate"} <= tags, tags
+    for name in ("loss", "gini", "delta_norm"):  # the Trainer puts train/ before its logs
+        assert f"train/headway/arithmetic/{name}" in tags, tags
+    steps = [e.step for e in events.Scalars("train/headway/arithmetic/gini")]
+    assert steps == [2, 4], steps
+    rates = [e.value for e in events.Scalars("train/learning_rate")]
+    assert rates[0] < max(rates) and rates[-1] < max(rates)  # warm-up, then cosine decay
+    config = (run / "config.yaml").read_text()
+    assert "optim: adafactor" in config and "lr_scheduler_type: cosine" in config
+    assert "hub_token" not in config
+
+
+def test_completion_only_loss_false_trains_on_the_prompt_too(model_dir, tmp_path):
+    from headway.data.encoding import encode_examples
+    from headway.data.tasks import load_task
+    from headway.models.loading import load_model
+    from headway.training.trainer import as_dataset
+
+    lm = load_model(str(model_dir))
+    encoded, _ = encode_examples(load_task("arithmetic", n=2).examples, lm.tokenizer, "qa",
+                                 256, "truncate", "arithmetic")
+    prompt_only = as_dataset(encoded, TrainConfig())
+    every_token = as_dataset(encoded, TrainConfig(completion_only_loss=False))
+    assert -100 in prompt_only[0]["labels"]
+    assert every_token[0]["labels"] == every_token[0]["input_ids"]
+
+
+def test_eval_strategy_evaluates_on_the_held_out_rows(model_dir, tmp_path):
+    run = tmp_path / "run"
+    run_train(config(model_dir, run, max_steps=2, track_every=0, eval_strategy="steps",
+                     eval_steps=1))
+    records = json.loads((run / "manifest.json").read_text())
+    assert records["status"] == "finished"
+    evals = [r for r in tracking.read_metrics(run / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [1, 2], evals
 
 
 def test_bf16_mixed_precision_keeps_updates_that_pure_bf16_rounds_away(model_dir, tmp_path):
@@ -223,19 +318,19 @@ def test_bf16_mixed_precision_keeps_updates_that_pure_bf16_rounds_away(model_dir
             .self_attn.q_proj.weight
         return float((after != start.to(after.dtype)).float().mean())
 
-    mixed = moved(dtype="float32", mixed_precision="bf16")
-    pure = moved(dtype="bfloat16", mixed_precision="no")
+    mixed = moved(dtype="float32", bf16=True)
+    pure = moved(dtype="bfloat16", bf16=False)
     assert mixed > 0.95 and pure < 0.5, (mixed, pure)
 
 
 def test_precision_combinations_that_cannot_train_are_refused_before_loading():
     with pytest.raises(ConfigError, match="float16 weights cannot be trained"):
-        load_config(None, dtype="float16")
-    with pytest.raises(ConfigError, match="mixed_precision 'fp8'"):
-        load_config(None, mixed_precision="fp8")
+        TrainConfig(dtype="float16")
+    with pytest.raises(ConfigError, match="dtype 'fp8' is not"):
+        TrainConfig(dtype="fp8")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="fp16 needs a GPU"):
-            load_config(None, mixed_precision="fp16")
+            TrainConfig(fp16=True)
 
 
 def test_log_schedule_records_densely_early(model_dir, tmp_path):
@@ -295,18 +390,18 @@ def test_unproven_sharding_is_refused_with_its_message(monkeypatch):
     FSDP2 is accepted (proven in test_fsdp.py)."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(ConfigError, match="FSDP version 1 .* FSDP2 only"):
-        load_config(None)
+        TrainConfig()
     monkeypatch.setenv("FSDP_VERSION", "2")
-    assert load_config(None).mode == "full"
+    assert TrainConfig().mode == "full"
     with pytest.raises(ConfigError, match="head_training mask does not work under FSDP"):
-        load_config(None, mode="heads", heads="0.1", head_training="mask")
+        TrainConfig(mode="heads", heads="0.1", head_training="mask")
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(ConfigError, match="DeepSpeed"):
-        load_config(None)
+        TrainConfig()
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     with pytest.raises(ConfigError, match="quantization needs mode lora"):
-        load_config(None, quantization="4bit")
+        TrainConfig(quantization="4bit")
 
 
 def test_checkpoints_of_head_adapter_training_load_as_the_trained_model(model_dir, tmp_path):
@@ -342,3 +437,88 @@ def test_two_probes_of_one_name_are_refused(model_dir, tmp_path):
         run_train(config(model_dir, tmp_path / "run", probes=[str(a / "data.jsonl"),
                                                               str(b / "data.jsonl")],
                          probe_rows=4))
+
+
+def test_a_run_folder_of_the_previous_version_resumes(model_dir, tmp_path, monkeypatch):
+    """tests/data/legacy_run holds the files headway wrote (before TrainConfig was TRL's
+    SFTConfig) for a run killed at step 3 with checkpoint-2: its config.yaml (mixed_precision,
+    data_seed, progress, tensorboard, save_steps ...), identity.json, the checkpoint's marker,
+    manifest and records. With the Trainer's own checkpoint files beside them, `headway train
+    --config RUN/config.yaml` resumes from checkpoint-2 and ends as a run never stopped."""
+    import shutil
+    from pathlib import Path
+
+    from headway.training.run_dir import MARKER
+
+    legacy = Path(__file__).parent / "data" / "legacy_run"
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    fill = {"@MODEL@": str(model_dir), "@RUN@": str(run)}
+
+    def legacy_file(name: str, to: Path) -> None:
+        text = (legacy / name).read_text()
+        for key, value in fill.items():
+            text = text.replace(key, value)
+        to.write_text(text)
+
+    real = callback.PatternCallback.on_step_end
+
+    def killed_at_step_3(self, args, state, control, **kw):
+        if state.global_step == 3:
+            raise KeyboardInterrupt("killed")
+        return real(self, args, state, control, **kw)
+
+    monkeypatch.setattr(callback.PatternCallback, "on_step_end", killed_at_step_3)
+    settings = dict(rows=16, probe_rows=4, max_steps=4, track_every=2, save_steps=2,
+                    logging_steps=1)
+    with pytest.raises(KeyboardInterrupt):  # the Trainer's checkpoint files
+        run_train(config(model_dir, run, **settings))
+    monkeypatch.setattr(callback.PatternCallback, "on_step_end", real)
+    for name in ("config.yaml", "identity.json", "manifest.json", "metrics.jsonl"):
+        legacy_file(name, run / name)
+    legacy_file("headway_run.json", run / "checkpoints" / "checkpoint-2" / MARKER)
+
+    assert main(["train", "--config", str(run / "config.yaml")]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["resumed_from"].endswith("checkpoint-2") and manifest["global_step"] == 4
+    assert probe_steps(run) == [0, 2, 4]
+    run_train(config(model_dir, straight, **settings))
+    for step in (2, 4):
+        resumed = ActivationPattern.load(run / "patterns" / f"step_{step:06d}" / "arithmetic")
+        direct = ActivationPattern.load(straight / "patterns" / f"step_{step:06d}" /
+                                        "arithmetic")
+        torch.testing.assert_close(resumed.scores, direct.scores, rtol=1e-4, atol=1e-7)
+    # the old file, read as this version reads it
+    legacy_file("config.yaml", tmp_path / "old.yaml")
+    old = TrainConfig.from_yaml(tmp_path / "old.yaml")
+    assert (old.task_seed, old.bf16, old.disable_tqdm, old.report_to) == (0, False, True, [])
+    assert json_safe(old.save_strategy) == "steps" and old.save_steps == 2
+    shutil.rmtree(straight)
+
+
+def test_probe_batch_size_and_layer_checkpointing_keep_the_records(model_dir, tmp_path):
+    """Smaller probe batches with layer checkpointing (for big models) record the same
+    patterns; both settings may change when a run resumes."""
+    from headway.training.run_dir import changed_fields, identity
+
+    plain, lean = tmp_path / "plain", tmp_path / "lean"
+    run_train(config(model_dir, plain, max_steps=2, track_every=0))
+    run_train(config(model_dir, lean, max_steps=2, track_every=0, probe_batch_size=2,
+                     probe_checkpoint_layers=True))
+    for step in (0, 2):
+        a = ActivationPattern.load(plain / "patterns" / f"step_{step:06d}" / "arithmetic")
+        b = ActivationPattern.load(lean / "patterns" / f"step_{step:06d}" / "arithmetic")
+        torch.testing.assert_close(a.per_sample, b.per_sample, rtol=1e-5, atol=1e-7)
+    before = identity(config(model_dir, plain))
+    assert not changed_fields(before, identity(config(model_dir, plain, probe_batch_size=2,
+                                                      probe_checkpoint_layers=True)))
+
+
+def test_only_scheduled_checkpoints_are_written(model_dir, tmp_path):
+    """save_steps 3 of 4 steps: checkpoint-3, and no extra checkpoint at the last step (the
+    end is final/ and the records)."""
+    run = tmp_path / "run"
+    run_train(config(model_dir, run, max_steps=4, save_steps=3, track_every=0,
+                     save_final=True))
+    assert sorted(p.name for p in (run / "checkpoints").glob("checkpoint-*")) == \
+        ["checkpoint-3"]
+    assert (run / "final").is_dir()

@@ -11,6 +11,7 @@ The public API acts on your own objects (a transformers model, its tokenizer, a
     change = headway.delta(after, before)                    # ΔAP, same rows and settings
     trainer.add_callback(headway.PatternCallback({"task": probe_rows}, tokenizer, every=25))
     headway.trajectory("out/", base="base-model", probes={"task": probe_rows})
+    run = headway.train(headway.TrainConfig(task="gsm8k.jsonl", output_dir="runs/gsm8k"))
     headway.compare(model_a, model_b, tokenizer, dataset, output_dir="cmp")
 
 Names are imported lazily, so ``import headway`` is cheap and has no side effects.
@@ -37,6 +38,8 @@ _EXPORTS = {
     "Comparison": "analysis.compare",
     "analyze": "analysis.findings",
     "Analysis": "analysis.findings",
+    "train": "training.trainer",
+    "TrainConfig": "training.config",
     "load_run": "training.run",
     "Run": "training.run",
     "load_model": "models.loading",

@@ -2,9 +2,10 @@
 trajectory | compare | tasks | demo``. ``headway COMMAND --help`` for details.
 
 Parsing and dispatch only. Each command's flags are the fields of its settings dataclass
-(:mod:`headway.settings`; ``train``: :class:`~headway.training.config.TrainConfig`, also from
-YAML), parsed by ``HfArgumentParser``: ``--max-length`` or ``--max_length``, a mistyped flag
-is an error with the closest fields (never an abbreviation). The settings then go to
+(:mod:`headway.settings`), parsed by ``HfArgumentParser``; ``train``'s are
+:class:`~headway.training.config.TrainConfig` (TRL's SFTConfig and headway's fields), parsed
+by TRL's ``TrlParser`` (also from YAML). With either: ``--max-length`` or ``--max_length``, a
+mistyped flag is an error with the closest fields (never an abbreviation). The settings then go to
 :func:`headway.commands.run`, which Python can call with the same dataclasses.
 """
 
@@ -36,7 +37,6 @@ from .settings import (
     TrajectoryArgs,
     help_group,
 )
-from .training.config import TrainConfig
 
 # name: (settings, one line for `headway --help`, description for `headway NAME --help`)
 COMMANDS: dict[str, tuple[type, str, str | None]] = {
@@ -70,11 +70,17 @@ COMMANDS: dict[str, tuple[type, str, str | None]] = {
                 "Concentration and similarity of task patterns; ΔAP, dynamics and "
                 "parameter-change concentration of runs; composition of a complex run's ΔAP "
                 "from basic runs; top-k vs random-k head ablation."),
-    "report": (ReportArgs, "one self-contained HTML file from `headway analyze`", None),
-    "train": (TrainConfig, "SFT (full, LoRA or selected heads) recording activation patterns "
+    "report": (ReportArgs, "one self-contained HTML file from `headway analyze`, `compare` or "
+                           "an experiment: interactive figures that work offline",
+               "Heatmaps with hover (layer.head, score, rank, task), a task selector, a step "
+               "slider over each run's records, a head's trajectory on click, the composition "
+               "fit and the ablation draws; everything inlined, no request leaves the page. "
+               "--static: the PNG figures instead."),
+    "train": (None, "SFT (full, LoRA or selected heads) recording activation patterns "
                            "and parameter change; `headway train --help` for its fields",
-              "Supervised fine-tuning with activation-pattern tracking. Every field can be set "
-              "in a YAML file (--config) and overridden by its flag."),
+              "Supervised fine-tuning (TRL's SFTTrainer) with activation-pattern tracking. "
+              "The settings are TRL's SFTConfig plus headway's own fields; every field can be "
+              "set in a YAML file (--config) and overridden by its flag."),
     "trajectory": (TrajectoryArgs, "patterns and parameter change over checkpoints trained "
                                    "with anything",
                    "Score probe tasks at a base model and at each checkpoint (a folder of "
@@ -204,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "HEADWAY_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=SettingsParser)
     for name, (settings, help, description) in COMMANDS.items():
-        if settings is TrainConfig:
+        if settings is None:  # train: TRL's parser (headway.training.config)
             sub.add_parser(name, add_help=False, help=help)
         else:
             sub.add_parser(name, dataclass_types=settings, help=help, description=description)
@@ -212,44 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _unknown_flags(parser, remaining: list[str], command: str):
-    """An error for flags no field has, with the closest flags as a hint (spelled with
-    underscores for train, else as the mistyped flag is)."""
+    """An error for flags no field has, with the closest flags as a hint (spelled as the
+    mistyped flag is)."""
     import difflib
-
-    from .training.config import ConfigError
 
     known = [o for action in parser._actions for o in action.option_strings]
     flags = [a for a in remaining if a.startswith("-")] or remaining
     typed = flags[0].split("=")[0]
-    if command == "train":
-        spell = lambda o: o.replace("-", "_").replace("__", "--")  # noqa: E731
-    else:
-        spell = lambda o: o[:2] + (o[2:].replace("-", "_") if "_" in typed  # noqa: E731
-                                   else o[2:].replace("_", "-"))
+    spell = lambda o: o[:2] + (o[2:].replace("-", "_") if "_" in typed  # noqa: E731
+                               else o[2:].replace("_", "-"))
     close = list(dict.fromkeys(spell(o) for o in difflib.get_close_matches(typed, known, n=4)))
-    error = ConfigError if command == "train" else SettingsError
-    return error(f"unknown argument{'s' if len(flags) > 1 else ''} {' '.join(flags)}",
-                 hint=(f"did you mean {' or '.join(close)}? " if close else "")
-                 + f"`headway {command} --help` lists every field")
+    return SettingsError(f"unknown argument{'s' if len(flags) > 1 else ''} {' '.join(flags)}",
+                         hint=(f"did you mean {' or '.join(close)}? " if close else "")
+                         + f"`headway {command} --help` lists every field")
 
 
-def parse_train(argv: list[str]) -> TrainConfig:
-    """``headway train``: fields of TrainConfig from --config YAML, overridden by flags."""
-    from .training.config import load_config
+def parse_train(argv: list[str]):
+    """``headway train``: a :class:`~headway.training.config.TrainConfig` from flags and
+    ``--config`` YAML through TRL's parser (:func:`~headway.training.config.parse_train_config`)."""
+    from .training.config import parse_train_config
 
-    parser = HfArgumentParser(TrainConfig, prog="headway train", allow_abbrev=False,
-                              description=COMMANDS["train"][2])
-    parser.add_argument("--config", help="YAML file of TrainConfig fields")
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        defaults = dataclasses.asdict(load_config(known.config))
-        parser.set_defaults(**defaults)
-    outputs = parser.parse_args_into_dataclasses(
-        args=argv, look_for_args_file=False, return_remaining_strings=True)
-    config, remaining = outputs[0], outputs[-1]  # between them: the --config namespace
-    if remaining:
-        raise _unknown_flags(parser, remaining, "train")
-    return load_config(None, **dataclasses.asdict(config))
+    return parse_train_config(argv, description=COMMANDS["train"][2])
 
 
 def parse_command(name: str, argv: list[str]):
@@ -266,7 +255,7 @@ def parse_command(name: str, argv: list[str]):
 
 def parse(argv: list[str]):
     """The settings of ``headway ARGV``: a dataclass of :mod:`headway.settings`, or a
-    TrainConfig. ``--help``, a missing or unknown command and bad values exit (argparse)."""
+    TrainConfig (TRL's SFTConfig and headway's fields). ``--help``, a missing or unknown command and bad values exit (argparse)."""
     if argv and argv[0] in COMMANDS:
         return parse_command(argv[0], argv[1:])
     command = build_parser().parse_args(argv).command

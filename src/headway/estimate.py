@@ -229,11 +229,13 @@ def _cached(config, factor: int, layers: int, settings: tuple) -> int:
 
 def estimate(config, batch: int = 8, length: int = 1024, dtype: str = "bfloat16",
              workload: str = "score", mode: str = "full", checkpoint_layers: bool = False,
-             mixed: str | None = None, probe_batch: int = 8, probe_length: int | None = None
-             ) -> Estimate:
+             mixed: str | None = None, probe_batch: int = 8, probe_length: int | None = None,
+             probe_checkpoint_layers: bool = False) -> Estimate:
     """Predicted peak memory of scoring (``workload="score"``) or of ``headway train`` with
     tracking (``"train"``, ``mode`` full, lora or heads; AdamW; ``mixed`` "bf16" computes in
-    bfloat16 over ``dtype`` weights) at ``batch`` rows of ``length`` tokens."""
+    bfloat16 over ``dtype`` weights) at ``batch`` rows of ``length`` tokens; its probe
+    records score ``probe_batch`` rows at once (``probe_checkpoint_layers``: recomputing each
+    layer), which at scale can hold more than the training step does."""
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                    "float16": torch.float16}[dtype]
     weights, n_params = parameter_bytes(config, torch_dtype)
@@ -249,7 +251,8 @@ def estimate(config, batch: int = 8, length: int = 1024, dtype: str = "bfloat16"
         result.gradients = trainable * torch.finfo(torch_dtype).bits // 8
         result.optimizer = 2 * 4 * trainable  # AdamW: two float32 moments
         probe = activations(config, probe_batch, probe_length or length, torch_dtype, "score",
-                            checkpoint_layers=False, mixed=mixed)  # measured once, shared
+                            checkpoint_layers=probe_checkpoint_layers,
+                            mixed=mixed)  # measured once, shared
         # the probe record runs between steps, when the gradients are freed
         result.activations = max(many, probe - result.gradients)
     return result

@@ -9,7 +9,8 @@ or ``--max_length``); Python builds them and passes them to the command, which d
 
     run(ScoreArgs(task="arithmetic", rows=8))   # = headway score --task arithmetic -n 8
 
-``headway train`` has :class:`headway.training.config.TrainConfig` (also YAML). Groups of
+``headway train`` has :class:`headway.training.config.TrainConfig` (TRL's SFTConfig and
+headway's fields; also YAML). Groups of
 fields several commands share are base classes: :class:`ModelArgs`, :class:`TaskArgs`,
 :class:`ExperimentArgs`. Field metadata besides ``help``: ``aliases`` (short options),
 ``positional`` (given without a flag), ``nargs`` and ``action`` where a flag takes other than
@@ -348,6 +349,10 @@ class EstimateArgs(Settings):
                               "checkpointing), and headway train with tracking in mode full, "
                               "lora or heads (AdamW; probes of the same size)")
     gradient_checkpointing: bool = _f(False, "training with gradient checkpointing")
+    probe_batch_size: int = _f(8, "training: probe rows scored at once by each record (its "
+                                  "activations can exceed the training step's)", min=1)
+    probe_checkpoint_layers: bool = _f(False, "training: probe records with layer "
+                                              "checkpointing")
     device_memory: list[float] = _f([24.0, 80.0, 141.0], "device sizes (GB) to find the "
                                                          "largest batch for")
     trust_remote_code: bool = _f(False, "allow the model's own config code from the hub")

@@ -12,10 +12,10 @@ def estimate(args: EstimateArgs) -> int:
     each device size, from the model's config alone."""
     import json
 
+    from tqdm.auto import tqdm
+
     from ..estimate import GIB, load_config
     from ..estimate import estimate as predict
-
-    from tqdm.auto import tqdm
 
     config = load_config(args.model, args.trust_remote_code)
     plan = {"score": ("score", "full", False), "score-layers": ("score", "full", True),
@@ -26,14 +26,22 @@ def estimate(args: EstimateArgs) -> int:
     for workload, mode, layers in tqdm(workloads, desc="measuring the shrunk model",
                                        unit="workload", disable=not args.progress):
         e = predict(config, args.batch_size, args.length, dtype=args.dtype, workload=workload,
-                    mode=mode, checkpoint_layers=layers, mixed=args.mixed_precision)
+                    mode=mode, checkpoint_layers=layers, mixed=args.mixed_precision,
+                    probe_batch=args.probe_batch_size,
+                    probe_checkpoint_layers=args.probe_checkpoint_layers)
         label = ("scoring" + (", layer checkpointing" if layers else "") if workload == "score"
                  else f"train --mode {mode}" + (", gradient checkpointing" if layers else ""))
         rows.append({**e.as_dict(), "workload": label,
                      "max_batch": {f"{gb:g} GB": e.max_batch(gb * GB)
                                    for gb in args.device_memory}})
     if args.json:
-        print(json.dumps({"model": args.model, "dtype": args.dtype, "rows": rows}, indent=2))
+        print(json.dumps({"model": args.model, "dtype": args.dtype,
+                          "mixed_precision": args.mixed_precision, "batch": args.batch_size,
+                          "length": args.length,
+                          "gradient_checkpointing": args.gradient_checkpointing,
+                          "probe_batch_size": args.probe_batch_size,
+                          "probe_checkpoint_layers": args.probe_checkpoint_layers,
+                          "rows": rows}, indent=2))
         return 0
     sizes = [f"{gb:g} GB" for gb in args.device_memory]
     print(f"{args.model}, {args.dtype}"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import HeadwayError
 from ..settings import TrajectoryArgs
-from ..training.config import TrainConfig
+
+if TYPE_CHECKING:  # importing it imports TRL, which trajectory does not need
+    from ..training.config import TrainConfig
 
 
 def train(config: TrainConfig) -> int:

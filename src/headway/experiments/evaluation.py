@@ -154,7 +154,7 @@ def generate(lm, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 
 
 @dataclass
 class EvalSettings:
-    template: str = "qa"
+    template: str | None = None  # None: from the columns (data.encoding.template_for)
     max_length: int = 1024
     overlong: str = "truncate"  # rows over max_length, for the response loss
     max_new_tokens: int | None = None  # None: 1.5 x the longest reference answer + 8 tokens
@@ -165,11 +165,19 @@ def evaluate(lm, task, settings: EvalSettings | None = None, progress: bool = Tr
     """Accuracy (greedy), its 95 % Wilson interval, mean checker score and the response loss
     (each row's mean response-token loss in nats, averaged over rows; lower is better) of
     ``lm`` on ``task``; per-row records included."""
-    from ..data.encoding import encode_examples, render_example, uses_chat_template
+    import dataclasses
+
+    from ..data.encoding import (
+        encode_examples,
+        render_example,
+        template_for,
+        uses_chat_template,
+    )
     from ..data.rows import task_record
     from ..scoring.loss import mean_loss
 
     s = settings or EvalSettings()
+    s = dataclasses.replace(s, template=template_for(task, s.template))  # None: the columns'
     examples = task.examples
     if not examples:
         raise EvalError(f"{task.source}: no rows to evaluate")

@@ -68,13 +68,13 @@ class Experiment:
 
 
 def train_config(e: Experiment, output_dir: Path, **fields):
-    from ..training.config import load_config
+    from ..training.config import TrainConfig
 
     base = dict(model=e.model, template=e.template, max_length=e.max_length,
                 per_device_train_batch_size=e.batch_size, learning_rate=e.learning_rate,
-                tracking=False, save_final=True, logging_steps=5, progress=e.progress,
-                output_dir=str(output_dir))
-    return load_config(None, **{**base, **fields})
+                tracking=False, save_final=True, logging_steps=5, disable_tqdm=not e.progress,
+                save_strategy="no", output_dir=str(output_dir))
+    return TrainConfig(**{**base, **fields})
 
 
 def eval_task(e: Experiment):
@@ -151,7 +151,7 @@ def stage_spec(stage: dict):
     from ..data.rows import TaskSpec
 
     return TaskSpec(stage["task"], n=stage["rows"], offset=stage.get("offset", 0),
-                    seed=stage.get("data_seed", 0))
+                    seed=stage.get("task_seed", 0))
 
 
 def run_arm(e: Experiment, name: str, seed: int, stages: list[dict], evaluation,

@@ -9,8 +9,8 @@ time) it writes ``patterns/step_SSSSSS/PROBE.{safetensors,json}`` and
 ``param_change/step_SSSSSS.safetensors`` (tensors q, k, v, o, attn ``[L, H]`` and mlp ``[L]``:
 relative Frobenius change ‖W_t − W_0‖/‖W_0‖ from the weights at step 0) into its run folder,
 ``<args.output_dir>/headway/`` unless told otherwise, and appends one line per record to
-``metrics.jsonl`` (train-loss lines from the Trainer's logs go there too). The folder has a
-``manifest.json``, so ``headway analyze --runs`` and ``headway report`` read it.
+``metrics.jsonl`` (train-loss and evaluation lines from the Trainer's logs go there too). The
+folder has a ``manifest.json``, so ``headway analyze --runs`` and ``headway report`` read it.
 
 Each record also goes to the Trainer's own logs (``log_history``, and ``report_to``
 integrations such as TensorBoard or W&B): ``headway/<probe>/loss``, ``headway/<probe>/gini``
@@ -88,7 +88,8 @@ class PatternCallback(TrainerCallback):
                  output_dir=None, template: str | None = None, max_length: int = 1024,
                  overlong: str = "truncate", batch_size: int = 8, track_weights: bool = True,
                  initial_weights=None, manifest: dict | bool = True,
-                 train_task: str | None = None, model_info=None, trainer=None):
+                 train_task: str | None = None, model_info=None, trainer=None,
+                 checkpoint_layers: bool | None = None):
         from ..errors import HeadwayError
         from ..scoring.score import _is_tokenizer
 
@@ -109,6 +110,7 @@ class PatternCallback(TrainerCallback):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise HeadwayError(f"PatternCallback: batch_size is {batch_size!r}; give >= 1")
         self.schedule = schedule
+        self.checkpoint_layers = checkpoint_layers  # probes recompute each layer's backward
         self.steps: set[int] | None = None  # the log schedule's steps, once the length is known
         self.raw_probes = probes
         self.tokenizer = tokenizer
@@ -275,8 +277,9 @@ class PatternCallback(TrainerCallback):
         if self.pending:  # seen by the callbacks after this one
             logs.update(self.pending)
             self.pending = {}
-        if self.is_main and "loss" in logs:
-            self._append({"kind": "train", "step": state.global_step,
+        if self.is_main and ("loss" in logs or "eval_loss" in logs):
+            self._append({"kind": "train" if "loss" in logs else "eval",
+                          "step": state.global_step,
                           **{k: v for k, v in logs.items() if isinstance(v, (int, float))
                              and not k.startswith("headway/")}})
 
@@ -302,7 +305,7 @@ class PatternCallback(TrainerCallback):
         for probe in self.probes:
             out = score_encoded(model, probe.encoded, heads.n_layers, heads.n_heads,
                                 _pad_id(self.tokenizer), batch_size=probe.settings["batch_size"],
-                                progress=False)
+                                progress=False, checkpoint_layers=self.checkpoint_layers)
             scores = out["per_sample"].abs().mean(0)
             n_zero = int((out["per_sample"] == 0).sum())  # underflow shows here (float16)
             meta = pattern_meta(self.model_info, probe.task, probe.settings,
@@ -343,9 +346,17 @@ class PatternCallback(TrainerCallback):
         return entry
 
     def _log(self, logs: dict, step: int, state) -> None:
-        """The record's numbers into the Trainer's logs (see the module docstring)."""
+        """The record's numbers into the Trainer's logs (see the module docstring): through
+        ``Trainer.log`` itself (a subclass's ``log``, e.g. SFTTrainer's, would take its
+        running averages along), keeping the Trainer's own decision to log this step."""
         if self.trainer is not None and step > 0:
-            self.trainer.log(dict(logs))
+            from transformers import Trainer
+
+            control = self.trainer.control
+            due = control.should_log
+            log = Trainer.log if isinstance(self.trainer, Trainer) else type(self.trainer).log
+            log(self.trainer, dict(logs))
+            self.trainer.control.should_log = due  # on_log cleared it: the loss line follows
         elif state is not None:
             state.log_history.append({**logs, "step": step})
             self.pending.update(logs)

@@ -24,12 +24,13 @@ _WARNED: set[str] = set()  # torn files already reported in this process
 
 def record_problem(record) -> str | None:
     """What is wrong with one ``metrics.jsonl`` record, or None: a train-loss line has
-    ``kind: "train"`` and an integer ``step``; a probe record also a non-empty ``probes``
-    mapping of probe name to its numbers (``loss``)."""
+    ``kind: "train"`` and an integer ``step`` (an evaluation line, ``kind: "eval"``, too);
+    a probe record also a non-empty ``probes`` mapping of probe name to its numbers
+    (``loss``)."""
     if not isinstance(record, dict):
         return "not a JSON object"
-    if record.get("kind") not in ("train", "probe"):
-        return f"'kind' is {record.get('kind')!r}, not 'train' or 'probe'"
+    if record.get("kind") not in ("train", "eval", "probe"):
+        return f"'kind' is {record.get('kind')!r}, not 'train', 'eval' or 'probe'"
     step = record.get("step")
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         return f"'step' is {step!r}, not a step number"

@@ -1,8 +1,11 @@
 """A run folder has one owner: which run a folder holds, what a rerun may do with it.
 
-A run's *identity* is its resolved settings (every :class:`~headway.training.trainer.TrainConfig` field
-except those in :data:`RESUMABLE_CHANGES` and ``output_dir``) and the rows it trains on (the
-absolute source and the sha256 of the rows: ``train_data``). It is written to
+A run's *identity* is what it computes: headway's own settings (but those in
+:data:`RESUMABLE_CHANGES`), the SFTConfig fields that change the training
+(:data:`TRAINING_FIELDS`; logging, saving, reporting and hardware fields may change on resume)
+and the rows it trains on (the absolute source and the sha256 of the rows: ``train_data``).
+Identities written by earlier versions are read in this version's fields, a field they lack
+taking its default (:func:`changed_fields`). It is written to
 ``identity.json`` when the run starts and into every checkpoint as ``headway_run.json`` once
 the Trainer has finished writing that checkpoint, so a checkpoint without it was cut short
 (the process was killed while writing it). Every process that writes a run folder holds its
@@ -22,7 +25,6 @@ validated and the model and data loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -37,9 +39,18 @@ MARKER = "headway_run.json"
 IDENTITY = "identity.json"
 DATA = "train_data"  # the identity's record of the rows: {"source", "data_hash"}
 CHECKPOINTS = "checkpoints"
-# fields that may differ when a run resumes (they do not change what is computed)
-RESUMABLE_CHANGES = {"progress", "resume", "tensorboard", "logging_steps", "save_steps",
-                     "save_total_limit", "save_final", "output_dir"}
+# headway's fields that may differ when a run resumes (they do not change what is computed)
+RESUMABLE_CHANGES = {"resume", "save_final", "output_dir", "probe_batch_size",
+                     "probe_checkpoint_layers"}
+# the SFTConfig / TrainingArguments fields that change what a run computes
+TRAINING_FIELDS = (
+    "learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "optim",
+    "optim_args", "optim_target_modules", "weight_decay", "adam_beta1", "adam_beta2",
+    "adam_epsilon", "max_grad_norm", "label_smoothing_factor", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "average_tokens_across_devices", "max_steps",
+    "num_train_epochs", "seed", "data_seed", "full_determinism", "train_sampling_strategy",
+    "dataloader_drop_last", "bf16", "fp16", "max_length", "neftune_noise_alpha",
+    "completion_only_loss", "loss_type", "shuffle_dataset", "trust_remote_code")
 # what a run writes into its folder: a folder holding any of these holds a run
 RUN_CONTENT = ("config.yaml", IDENTITY, "manifest.json", "metrics.jsonl", "patterns",
                "param_change", CHECKPOINTS, "final", "tensorboard")
@@ -48,15 +59,14 @@ RUN_CONTENT = ("config.yaml", IDENTITY, "manifest.json", "metrics.jsonl", "patte
 def identity(config, data: dict | None = None) -> dict:
     """What defines what a run computes (a JSON-ready dict): its settings and, given, the
     rows it trains on (``data``: ``{"source", "data_hash"}``, see :func:`data_identity`)."""
-    out = {k: v for k, v in config_fields(config).items() if k not in RESUMABLE_CHANGES}
+    from .config import headway_fields, settings_dict
+
+    values = settings_dict(config)
+    names = [*headway_fields(), *TRAINING_FIELDS]
+    out = {k: values[k] for k in names if k in values and k not in RESUMABLE_CHANGES}
     if data is not None:
         out[DATA] = data
     return out
-
-
-def config_fields(config) -> dict:
-    """The configuration's fields as a JSON-ready dict."""
-    return dataclasses.asdict(config)
 
 
 def data_identity(task) -> dict:
@@ -65,11 +75,22 @@ def data_identity(task) -> dict:
 
 
 def changed_fields(before: dict, now: dict) -> list[str]:
-    """Fields whose values differ (a field missing on one side counts as changed, but for
-    the rows of a run recorded before they were part of its identity)."""
-    return sorted(k for k in set(before) | set(now)
-                  if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k)
-                  and not (k == DATA and k not in before))
+    """The fields of identity ``now`` whose values differ in the recorded identity ``before``
+    (read in this version's fields, :func:`~.config.upgrade_legacy`; a field it lacks counts
+    with its default, and the rows of a run recorded before they were part of its identity
+    are not compared)."""
+    from .config import field_defaults, upgrade_legacy
+
+    before, defaults = upgrade_legacy(before), field_defaults()
+    missing = object()
+    changed = []
+    for k, value in now.items():
+        was = before.get(k, defaults.get(k, missing))
+        if k in RESUMABLE_CHANGES or (k == DATA and k not in before):
+            continue
+        if was != value:
+            changed.append(k)
+    return sorted(changed)
 
 
 @dataclass
@@ -252,14 +273,18 @@ def prepare_run(plan: RunPlan, config, data: dict | None = None, say=print) -> N
         (run / "metrics.jsonl").unlink(missing_ok=True)
     # a finished manifest beside a new config would make the run look finished
     (run / "manifest.json").unlink(missing_ok=True)
+    from .config import settings_dict
+
     atomic_write_bytes(run / "config.yaml",
-                       yaml.safe_dump(config_fields(config), sort_keys=False).encode())
+                       yaml.safe_dump(settings_dict(config, changed_only=True),
+                                      sort_keys=False).encode())
     atomic_write_json(run / IDENTITY, identity(config, data))
 
 
 class RunMarker(TrainerCallback):
     """Marks each checkpoint complete (``headway_run.json``: the run's identity and the
-    seconds spent so far), and asks the Trainer to log the loss at every checkpoint and at the
+    seconds spent so far), writes only the scheduled checkpoints (not transformers 5's extra
+    one at the last step), and asks the Trainer to log the loss at every checkpoint and at the
     last step, so that the whole run's mean loss can be rebuilt from ``log_history`` after a
     resume (:func:`mean_train_loss`)."""
 
@@ -285,7 +310,17 @@ class RunMarker(TrainerCallback):
         self.start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_save or state.global_step >= state.max_steps:
+        from ..stopping import stop_requested
+        from .config import json_safe
+
+        last = state.global_step >= state.max_steps
+        scheduled = (json_safe(args.save_strategy) == "steps" and state.save_steps > 0
+                     and state.global_step % state.save_steps == 0)
+        if last and control.should_save and not scheduled and not stop_requested():
+            # transformers 5 saves a checkpoint at the last step as well; a finished run's
+            # end is in final/ and its records, so only scheduled checkpoints are written
+            control.should_save = False
+        if control.should_save or last:
             control.should_log = True
 
     def on_save(self, args, state, control, **kwargs):

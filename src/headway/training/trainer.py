@@ -1,9 +1,11 @@
 """Supervised fine-tuning with activation-pattern tracking (TRL SFTTrainer + PatternCallback).
 
-``headway train [--config run.yaml] [--field value ...]``: every :class:`TrainConfig` field is a
-YAML key and a command-line flag; flags override the file. Training uses the same encoding as
-scoring (``tasks.encode_examples``: loss on response tokens only), handed to SFTTrainer as a
-pre-tokenised ``input_ids`` / ``labels`` dataset.
+``headway train [--config run.yaml] [--field value ...]``: every :class:`TrainConfig` field (TRL's
+SFTConfig and headway's own) is a YAML key and a command-line flag; flags override the file.
+Training uses the same encoding as scoring (``data.encoding.encode_examples``: loss on the
+response tokens only, or on every token with ``completion_only_loss`` false), handed to
+SFTTrainer as a pre-tokenised ``input_ids`` / ``labels`` dataset; the TrainConfig itself (a
+copy whose ``output_dir`` is the checkpoints folder) is the SFTTrainer's ``args``.
 
 Run directory (``output_dir``):
     config.yaml         the resolved configuration
@@ -11,13 +13,15 @@ Run directory (``output_dir``):
     metrics.jsonl       train-loss lines and probe records (see headway.tracking)
     patterns/step_*/    probe activation patterns
     param_change/       per-head relative parameter change
-    checkpoints/        Trainer checkpoints (resume), when save_steps > 0
+    checkpoints/        Trainer checkpoints (resume), by save_strategy / save_steps
+    tensorboard/        with report_to tensorboard (unless TENSORBOARD_LOGGING_DIR says else)
     final/              the trained weights (LoRA: the adapter), unless save_final is false
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import sys
 from pathlib import Path
@@ -26,10 +30,10 @@ from transformers import TrainerCallback
 
 from ..progress import quiet_hf_progress
 from ..stopping import Terminated, graceful, stop_requested
-from .config import (  # noqa: F401  (re-exported)
+from .config import (
     ConfigError,
     TrainConfig,
-    load_config,
+    json_safe,
     pure_bfloat16,
     sharding,
     validate,
@@ -40,7 +44,7 @@ def _task_spec(c: TrainConfig, source: str, n: int, offset: int):
     from ..data.rows import TaskSpec
 
     own = source == c.task
-    return TaskSpec(source=source, n=n, offset=offset, seed=c.data_seed, split=c.split,
+    return TaskSpec(source=source, n=n, offset=offset, seed=c.task_seed, split=c.split,
                     config=c.dataset_config if own else None,
                     prompt_field=c.prompt_field if own else None,
                     response_field=c.response_field if own else None)
@@ -68,7 +72,7 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
                                   f"{sorted(overlap)[:5]}")
         encoded, _ = encode_examples(task.examples, tokenizer, c.template, c.max_length,
                                      c.overlong, task.source, prompt_field=task.prompt_field)
-        settings = {"convention": "sample", "method": "gate", "batch_size": 8,
+        settings = {"convention": "sample", "method": "gate", "batch_size": c.probe_batch_size,
                     "template": c.template, "max_length": c.max_length, "overlong": c.overlong}
         if any(p.name == task.name for p in probes):
             raise ConfigError(f"probes: two probes are named {task.name!r} ({source} and an "
@@ -77,6 +81,43 @@ def build_probes(c: TrainConfig, tokenizer, train_task) -> list:
         probes.append(Probe(name=task.name, encoded=encoded, task=task_record(task),
                             settings=settings))
     return probes
+
+
+def train(config: TrainConfig | None = None, **fields):
+    """``headway train`` from Python: tracked SFT of ``config`` (a :class:`TrainConfig`, or
+    its fields as keywords), resumed or skipped as the command would; returns the
+    :class:`~headway.training.run.Run` in ``config.output_dir``::
+
+        run = headway.train(task="arithmetic", rows=256, max_steps=50,
+                            output_dir="runs/arith", report_to="tensorboard")
+        run.delta("arithmetic")     # ΔAP from step 0 to the end
+    """
+    from .run import load_run
+
+    if config is None:
+        config = TrainConfig(**fields)
+    elif fields:
+        raise TypeError("give a TrainConfig or its fields, not both")
+    run_train(config)
+    return load_run(config.output_dir)
+
+
+def held_out_rows(c: TrainConfig):
+    """The training task's held-out rows: ``probe_rows`` rows after the training rows (the
+    training task's probe, and the evaluation rows with ``eval_strategy``)."""
+    from ..data.tasks import load_task
+
+    return load_task(_task_spec(c, c.task, c.probe_rows, c.offset + c.rows))
+
+
+def resolved(c: TrainConfig, train_task) -> TrainConfig:
+    """A copy of ``c`` with its template resolved from the task's columns
+    (:func:`~headway.data.encoding.template_for`), as the run's identity records it."""
+    from ..data.encoding import template_for
+
+    out = copy.copy(c)
+    out.template = template_for(train_task, c.template)
+    return out
 
 
 def run_train(c: TrainConfig) -> dict:
@@ -90,14 +131,13 @@ def run_train(c: TrainConfig) -> dict:
     validate(c)
     state = process_state()
     train_task = load_task(_task_spec(c, c.task, c.rows, c.offset))  # a typo fails here, first
+    c = resolved(c, train_task)
     with owning(c.output_dir, f"run folder {c.output_dir}"):
         return _train(c, state, train_task)
 
 
 def _train(c: TrainConfig, state, train_task) -> dict:
-    import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from ..data.encoding import encode_examples
     from ..data.rows import task_record
@@ -127,13 +167,14 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     if state.is_main_process:
         check_writable(plan.run)  # before minutes of work, not after
     resume_from = plan.resume_from.path if plan.resume_from else None
-    run, ckpt_dir = plan.run, plan.run / "checkpoints"
+    run = plan.run
 
     if pure_bfloat16(c) and state.is_main_process:
         print("headway: warning: --dtype bfloat16 trains bfloat16 weights without a float32 "
               "master copy: updates smaller than bfloat16's resolution round away. "
-              "--dtype float32 --mixed_precision bf16 keeps them.", file=sys.stderr)
-    lm = load_model(c.model, dtype=c.dtype, quantization=c.quantization)
+              "--dtype float32 --bf16 keeps them.", file=sys.stderr)
+    lm = load_model(c.model, dtype=c.dtype, quantization=c.quantization,
+                    trust_remote_code=c.trust_remote_code)
     if c.quantization:
         from peft import prepare_model_for_kbit_training
 
@@ -180,43 +221,31 @@ def _train(c: TrainConfig, state, train_task) -> dict:
                          "a checkpoint and the final weights of this run")
         prepare_run(plan, c, data)
     barrier()  # every process reads the same metrics.jsonl below
-    args = SFTConfig(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=c.per_device_train_batch_size,
-        gradient_accumulation_steps=c.gradient_accumulation_steps,
-        learning_rate=c.learning_rate, lr_scheduler_type=c.lr_scheduler_type,
-        warmup_steps=c.warmup_steps, weight_decay=c.weight_decay, max_steps=c.max_steps,
-        num_train_epochs=c.num_train_epochs, seed=c.seed, data_seed=c.seed,
-        logging_steps=c.logging_steps, save_strategy="steps" if c.save_steps else "no",
-        save_steps=c.save_steps or 500, save_total_limit=c.save_total_limit,
-        report_to="none",  # TensorBoard, when asked, is a callback with its own folder
-        max_length=c.max_length, packing=False,
-        **{_checkpointing_field(SFTConfig): c.gradient_checkpointing},
-        bf16=c.mixed_precision == "bf16", fp16=c.mixed_precision == "fp16",
-        disable_tqdm=not c.progress, dataloader_num_workers=0, remove_unused_columns=True,
-        use_cpu=not torch.cuda.is_available())
-    dataset = Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
-                                 "labels": [e.labels for e in encoded]})
+    args = trainer_args(c, run)
+    evaluation = None
+    if args.eval_strategy != "no":
+        evaluation = as_dataset(encode_examples(
+            held_out_rows(c).examples, lm.tokenizer, c.template, c.max_length, c.overlong,
+            train_task.source, prompt_field=train_task.prompt_field)[0], c)
     tracker = PatternCallback(probes, lm.tokenizer, c.track_every, schedule=c.track_schedule,
-                              output_dir=run,
-                              initial_weights=initial, manifest=False,
-                              model_info=lm.describe())
+                              output_dir=run, initial_weights=initial, manifest=False,
+                              model_info=lm.describe(),
+                              checkpoint_layers=c.probe_checkpoint_layers) if c.tracking else None
     marker = RunMarker(c, plan.resume_from.prior if plan.resume_from else {}, tracker,
                        is_main=state.is_main_process, data=data)
-    callbacks = [marker, *([tracker] if c.tracking else [])]
-    if c.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-
-        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(run / "tensorboard"))))
+    callbacks = [marker]
     if selection is not None:
         callbacks.append(RestoreUnselected(selection))
     with quiet_hf_progress():
-        trainer = SFTTrainer(model=lm.model, args=args, train_dataset=dataset,
-                             processing_class=lm.tokenizer, peft_config=peft_config,
-                             callbacks=callbacks)
+        trainer = SFTTrainer(model=lm.model, args=args, train_dataset=as_dataset(encoded, c),
+                             eval_dataset=evaluation, processing_class=lm.tokenizer,
+                             peft_config=peft_config, callbacks=callbacks)
+    if tracker is not None:  # after the report_to integrations, which then see its records
+        tracker.attach(trainer)
+    _integrations_into(trainer, run)
     if sharding(c) == "fsdp":
         _use_fsdp2(trainer)
-    if not c.progress:  # no bar, and no log dicts printed either: they are in metrics.jsonl
+    if c.disable_tqdm:  # no bar, and no log dicts printed either: they are in metrics.jsonl
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
@@ -237,7 +266,8 @@ def _train(c: TrainConfig, state, train_task) -> dict:
         "world_size": state.num_processes,
         "sharding": "fsdp2" if trainer.is_fsdp_enabled else None,
         "dtype": c.dtype, "mixed_precision": c.mixed_precision,
-        "gradient_checkpointing": c.gradient_checkpointing,
+        "gradient_checkpointing": bool(c.activation_checkpointing),
+        "optim": json_safe(c.optim), "report_to": list(c.report_to),
         "track_schedule": c.track_schedule if c.tracking else None,
         "versions": library_versions(),
         "resumed_from": str(resume_from) if resume_from else None,
@@ -245,7 +275,7 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     if state.is_main_process:
         atomic_write_json(run / "manifest.json", manifest)
     trainer.add_callback(StopOnRequest())
-    with contextlib.nullcontext() if c.progress else quiet_hf_progress(), graceful():
+    with quiet_hf_progress() if c.disable_tqdm else contextlib.nullcontext(), graceful():
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop_requested():  # SIGTERM: the Trainer saved this step's checkpoint and stopped
         raise Terminated(f"the run saved checkpoint-{trainer.state.global_step} and stopped;")
@@ -261,12 +291,46 @@ def _train(c: TrainConfig, state, train_task) -> dict:
     return manifest
 
 
+def trainer_args(c: TrainConfig, run: Path) -> TrainConfig:
+    """The SFTTrainer's ``args``: a copy of ``c`` writing its checkpoints to
+    ``run/checkpoints``, its hub repository and run name after the run folder."""
+    args = copy.copy(c)
+    args.output_dir = str(run / "checkpoints")
+    if args.hub_model_id is None and args.push_to_hub:
+        args.hub_model_id = run.name
+    if args.run_name is None:
+        args.run_name = run.name
+    return args
+
+
+def as_dataset(encoded: list, c: TrainConfig):
+    """Encoded rows as the Trainer's dataset (``input_ids``, ``labels``); with
+    ``completion_only_loss`` false the loss covers the prompt tokens too."""
+    from datasets import Dataset
+
+    every_token = c.completion_only_loss is False
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in encoded],
+                              "labels": [list(e.input_ids) if every_token else e.labels
+                                         for e in encoded]})
+
+
+def _integrations_into(trainer, run: Path) -> None:
+    """TensorBoard logs into ``run/tensorboard`` unless ``TENSORBOARD_LOGGING_DIR`` says
+    else (the Trainer's default would be inside the checkpoints folder)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(run / "tensorboard")
+
+
 def written_bytes(c: TrainConfig, model, n_trainable: int) -> int:
     """About how much a run writes at once: a checkpoint (the weights in their dtype, the
-    trainable ones again as AdamW's two float32 moments) when ``save_steps``, and the final
-    weights when ``save_final``."""
+    trainable ones again as AdamW's two float32 moments) when ``save_strategy`` saves, and
+    the final weights when ``save_final``."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    checkpoint = weights + 2 * 4 * n_trainable if c.save_steps else 0
+    saves = json_safe(c.save_strategy) != "no"
+    checkpoint = weights + 2 * 4 * n_trainable if saves else 0
     return checkpoint + (weights if c.save_final else 0)
 
 
@@ -325,14 +389,6 @@ def _use_fsdp2(trainer) -> None:
         raise ConfigError("headway train supports FSDP2 only", hint="fsdp_version: 2")
 
 
-def _checkpointing_field(config_class) -> str:
-    """``activation_checkpointing`` (newer transformers) or ``gradient_checkpointing`` (its
-    older, deprecated name)."""
-    fields = getattr(config_class, "__dataclass_fields__", {})
-    return "activation_checkpointing" if "activation_checkpointing" in fields \
-        else "gradient_checkpointing"
-
-
 def train_data(config: TrainConfig) -> dict:
     """The identity of the rows ``config`` trains on (:func:`~.run_dir.data_identity`)."""
     from ..data.tasks import load_task
@@ -344,7 +400,8 @@ def train_data(config: TrainConfig) -> dict:
 def finished_run(config: TrainConfig) -> bool:
     """True when ``config.output_dir`` holds a finished run of the same settings and rows
     (fields in :data:`headway.training.run_dir.RESUMABLE_CHANGES` may differ)."""
-    from .run_dir import changed_fields, identity, recorded_identity
+    from ..data.tasks import load_task
+    from .run_dir import changed_fields, data_identity, identity, recorded_identity
 
     run = Path(config.output_dir)
     before = recorded_identity(run)
@@ -352,8 +409,10 @@ def finished_run(config: TrainConfig) -> bool:
         status = json.loads((run / "manifest.json").read_text()).get("status")
     except (OSError, ValueError):
         return False
-    return (before is not None and status == "finished"
-            and not changed_fields(before, identity(config, train_data(config))))
+    if before is None or status != "finished":
+        return False
+    task = load_task(_task_spec(config, config.task, config.rows, config.offset))
+    return not changed_fields(before, identity(resolved(config, task), data_identity(task)))
 
 
 class StopOnRequest(TrainerCallback):
