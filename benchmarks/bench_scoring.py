@@ -13,6 +13,8 @@ the same way by every method. Rows:
     released config   the eager reference with every row padded to 1024 tokens (measured on
                       --released-rows rows and scaled per row: it is slow)
 
+the fast path in the ``sample`` convention (batch 8) with and without the per-token scores
+(``per_token=True``: time ratio, and how closely each row's token values sum to its score);
 and, on 8 rows padded to 1024 tokens in one batch (the memory-bound setting): the fast path
 with and without activation checkpointing per decoder layer (``--checkpoint-layers``):
 time, peak memory of the tensors alive (:class:`headway.scoring.memory.PeakMemory`) and the
@@ -66,14 +68,15 @@ def forward_only(lm, encoded, batch_size, pad_to=None):
             lm.model(**batch)
 
 
-def run_method(lm, encoded, method, batch_size, pad_to=None, convention="paper"):
+def run_method(lm, encoded, method, batch_size, pad_to=None, convention="paper",
+               per_token=False):
     from headway.scoring.score import score_encoded
 
     if method == "forward":
         return forward_only(lm, encoded, batch_size, pad_to)
     return score_encoded(lm.model, encoded, lm.n_layers, lm.n_heads, lm.tokenizer.pad_token_id,
                          convention=convention, method=method, batch_size=batch_size,
-                         pad_to=pad_to, progress=False)
+                         pad_to=pad_to, progress=False, per_token=per_token)
 
 
 def timed(fn, device):
@@ -178,7 +181,13 @@ def main() -> None:
                                         pad_to=args.pad_to), device)
     t_gate_1024, _ = timed(lambda: run_method(lm, released, "gate", args.batch_size,
                                               pad_to=args.pad_to), device)
-    t_sample, _ = timed(lambda: run_method(lm, encoded, "gate", 8, convention="sample"), device)
+    t_sample, plain = timed(lambda: run_method(lm, encoded, "gate", 8, convention="sample"),
+                            device)
+    t_tokens, tokens = timed(lambda: run_method(lm, encoded, "gate", 8, convention="sample",
+                                                per_token=True), device)
+    token_sums = torch.stack([t.sum(0) for t in tokens["per_token"]])
+    token_diff = ((token_sums - plain["per_sample"]).abs().max()
+                  / plain["per_sample"].abs().max())
     t_rel_scaled = t_rel * len(encoded) / len(released)
     diff = (fast["per_sample"] - ref["per_sample"]).abs().max() / ref["per_sample"].abs().max()
     ap_fast, ap_ref = fast["per_sample"].abs().mean(0), ref["per_sample"].abs().mean(0)
@@ -195,10 +204,13 @@ def main() -> None:
         "time_s": {"forward": t_fwd, "gate": t_gate, "reference": t_ref,
                    "released_measured": t_rel, "released_rows": len(released),
                    "released_scaled": t_rel_scaled, "gate_padded_measured": t_gate_1024,
-                   "gate_sample_convention_batch8": t_sample},
+                   "gate_sample_convention_batch8": t_sample,
+                   "gate_per_token_batch8": t_tokens},
         "ratios": {"gate/forward": t_gate / t_fwd, "gate/reference": t_gate / t_ref,
                    "gate/released": t_gate / t_rel_scaled,
-                   "gate/reference at pad_to": t_gate_1024 / t_rel},
+                   "gate/reference at pad_to": t_gate_1024 / t_rel,
+                   "per_token/plain": t_tokens / t_sample},
+        "max_rel_diff_per_token_sums": float(token_diff),
         "max_rel_diff_per_sample": float(diff), "max_rel_diff_ap": float(ap_diff),
         "peak_mib_at_pad_to": mem, "pad_to": args.pad_to, "layer_checkpointing": layers,
     }
@@ -228,6 +240,8 @@ def table(r: dict) -> str:
         f"{'fast AP, sample convention, batch 8':<34}{t['gate_sample_convention_batch8']:>10.1f}"
         f"{t['gate_sample_convention_batch8'] / t['forward']:>11.2f}",
         "  (rows sorted by length; the default way to score)",
+        f"{'  the same, per-token scores kept':<34}{t['gate_per_token_batch8']:>10.1f}"
+        f"{t['gate_per_token_batch8'] / t['forward']:>11.2f}",
         f"same {t['released_rows']} rows padded to {r['pad_to']}: fast {t['gate_padded_measured']:.1f} s,"
         f" reference {t['released_measured']:.1f} s",
         "",
@@ -244,6 +258,9 @@ def table(r: dict) -> str:
     lines.append(f"max |fast - ref| / max |ref| per sample  {r['max_rel_diff_per_sample']:8.1e}"
                  f"   <= 1e-5")
     lines.append(f"max |fast - ref| / max |ref| of the AP   {r['max_rel_diff_ap']:8.1e}   <= 1e-5")
+    lines.append(f"per-token / plain scoring time           {r['ratios']['per_token/plain']:8.2f}")
+    lines.append(f"max |sum of tokens - sample| / max       {r['max_rel_diff_per_token_sums']:8.1e}"
+                 f"   <= 1e-5")
     c = r["layer_checkpointing"]
     lines += [
         "",

@@ -1,5 +1,7 @@
-"""``headway demo``: the whole story on the built-in model, in about 7 minutes on 2 CPU cores
-(6 min 47 s measured: 42 s of patterns, 4 min 22 s of fine-tunes, 1 min 39 s of analysis).
+"""``headway demo``: the whole story on the built-in model, a first look in under three minutes
+on 2 CPU cores (:data:`QUICK`); ``headway demo --full`` runs the sizes docs/findings.md is
+measured on (:data:`FULL`, about 7 minutes: 42 s of patterns, 4 min 22 s of fine-tunes,
+1 min 39 s of analysis).
 
 1. Patterns of the built-in tasks (``patterns/TASK``): which heads each task uses.
 2. Short tracked full fine-tunes (``runs/TASK``, batch 4) on two basic tasks (arithmetic,
@@ -7,8 +9,8 @@
    patterns and weights move.
 3. ``headway analyze`` over both (``analysis/``): concentration, similarity, dynamics,
    composition of the complex task's ΔAP from the basic ones (with the control, and the gain
-   over the component every task shares), top-k vs 20 random-k ablations.
-4. ``report.html`` (self-contained) and ``summary.md``.
+   over the component every task shares), top-k vs random-k ablations.
+4. ``report.html`` (self-contained, interactive) and ``summary.md``.
 
 Finished patterns and runs are reused when their data and settings match, so an interrupted
 demo picks up where it stopped (a run cut short starts again: each takes about 1.5 minutes,
@@ -18,14 +20,33 @@ less than writing its checkpoints would cost).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_TASKS = ("arithmetic", "sorting", "syllogism", "word_problems")
 BASIC_TASKS, COMPLEX_TASK = ("arithmetic", "syllogism"), "word_problems"
 CONTROL_TASK = "sorting"  # unrelated to word problems: enters the fit as a control
 SFT_BATCH = 4
-RANDOM_DRAWS = 20
-ABLATION_ROWS = 16  # held-out rows per task: 22 ablated passes over them per task
+
+
+@dataclass(frozen=True)
+class Size:
+    """How big the demo is: rows per task pattern, steps of each fine-tune (a record every
+    ``track_every``), rows of each probe, random head sets of the ablation and the held-out
+    rows it runs on (``random_draws`` + 2 ablated passes over them per task)."""
+
+    rows: int
+    sft_steps: int
+    track_every: int
+    probe_rows: int
+    random_draws: int
+    ablation_rows: int
+
+
+QUICK = Size(rows=24, sft_steps=8, track_every=4, probe_rows=16, random_draws=8,
+             ablation_rows=8)
+FULL = Size(rows=64, sft_steps=24, track_every=8, probe_rows=32, random_draws=20,
+            ablation_rows=16)  # docs/findings.md's tables
 
 
 def _reusable(path: Path, lm, task) -> bool:
@@ -34,32 +55,39 @@ def _reusable(path: Path, lm, task) -> bool:
     if not pattern_paths(path)[0].is_file():
         return False
     try:
-        meta = ActivationPattern.load(path).meta
+        pattern = ActivationPattern.load(path)
     except PatternError:  # damaged: score it again
         return False
-    return (meta.get("task", {}).get("data_hash") == task.data_hash
+    meta = pattern.meta
+    return (pattern.per_token is not None  # the report's token view needs them
+            and meta.get("task", {}).get("data_hash") == task.data_hash
             and meta.get("model", {}).get("revision") == lm.revision
             and meta.get("convention") == "sample")
 
 
-def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool = True,
-             sft_steps: int = 24, seed: int = 0) -> dict:
-    """Run the demo into ``out``; return the analysis (also in ``out/analysis``). ``seed``:
-    the fine-tunes' training seed (the order of their rows) and the analysis seed (bootstrap,
-    null, random head sets); the rows themselves stay the same."""
+def run_demo(out: Path, model: str = "smollm2-135m", n: int | None = None,
+             progress: bool = True, sft_steps: int | None = None, seed: int = 0,
+             size: Size = QUICK) -> dict:
+    """Run the demo into ``out``; return the analysis (also in ``out/analysis``). ``size``:
+    :data:`QUICK` or :data:`FULL`; ``n`` and ``sft_steps`` override its rows and steps.
+    ``seed``: the fine-tunes' training seed (the order of their rows) and the analysis seed
+    (bootstrap, null, random head sets); the rows themselves stay the same."""
     from .analysis.findings import run_analysis as analyze
     from .data.rows import TaskSpec
     from .data.tasks import load_task
     from .models.loading import load_model
     from .report.html import write_report
+    from .report.static import analysis_figures
     from .scoring.score import score_task
     from .storage import atomic_write_bytes
-    from .training.config import load_config
+    from .training.config import TrainConfig
     from .training.run_dir import clear_other_run
     from .training.trainer import finished_run, run_train, train_data
 
     start = time.perf_counter()
     out = Path(out)
+    n = size.rows if n is None else n
+    sft_steps = size.sft_steps if sft_steps is None else sft_steps
     print(f"headway demo 1/4: activation patterns of {', '.join(DEMO_TASKS)} on {model} "
           f"(the first run converts the model once, ~20 s)")
     lm = load_model(model)
@@ -70,23 +98,24 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
         if _reusable(path, lm, task):
             print(f"  {name}: reusing {path}.safetensors")
         else:
-            score_task(lm, task, keep_per_sample=True, progress=progress, save_to=path)
+            score_task(lm, task, keep_per_sample=True, per_token=True, progress=progress,
+                       save_to=path)
         pattern_paths.append(str(path))
     del lm
 
     run_paths = []
     if sft_steps:
-        every = max(1, sft_steps // 3)  # a fixed interval, as docs/findings.md was measured
+        every = min(size.track_every, max(1, sft_steps // 2))  # a fixed interval
         print(f"headway demo 2/4: full SFT, {sft_steps} steps each, on {', '.join(BASIC_TASKS)} "
               f"(basic), {COMPLEX_TASK} (complex) and {CONTROL_TASK} (control); patterns every "
               f"{every} steps")
         for name in (*BASIC_TASKS, COMPLEX_TASK, CONTROL_TASK):
-            config = load_config(None, model=model, task=name, rows=SFT_BATCH * sft_steps,
+            config = TrainConfig(model=model, task=name, rows=SFT_BATCH * sft_steps,
                                  max_steps=sft_steps, per_device_train_batch_size=SFT_BATCH,
                                  track_every=every, track_schedule="every", seed=seed,
-                                 probe_rows=min(32, n), save_final=False,
+                                 probe_rows=min(size.probe_rows, n), save_final=False,
                                  output_dir=str(out / "runs" / name),
-                                 progress=progress)
+                                 save_strategy="no", disable_tqdm=not progress)
             if finished_run(config):
                 print(f"  {name}: reusing the finished run in {config.output_dir}")
             else:
@@ -98,9 +127,10 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int = 64, progress: bool
     analysis = analyze(out / "analysis", patterns=pattern_paths, runs=run_paths,
                        complex_run=COMPLEX_TASK if run_paths else None,
                        controls=[CONTROL_TASK] if run_paths else [], model=model, k=10,
-                       n_random=RANDOM_DRAWS, seed=seed, ablation_modes=("zero",),
-                       ablation_rows=ABLATION_ROWS, progress=progress)
+                       n_random=size.random_draws, seed=seed, ablation_modes=("zero",),
+                       ablation_rows=size.ablation_rows, progress=progress)
     print("headway demo 4/4: report")
+    analysis_figures(out / "analysis", redraw=True)  # the PNGs, for papers
     report = write_report(out / "analysis", out / "report.html")
     text = summary_markdown(analysis, model, n, time.perf_counter() - start)
     atomic_write_bytes(out / "summary.md", text.encode())

@@ -299,6 +299,9 @@ class ReportArgs(Settings):
 
     folder: str = _required("output folder of headway analyze", positional=True)
     output: str | None = _f(None, "HTML path (default FOLDER/report.html)", aliases=["-o"])
+    static: bool = _f(False, "the static report: PNG figures inline, no script (default: "
+                             "interactive figures, Bokeh's JavaScript inlined; both work "
+                             "offline)")
 
 
 @dataclass(kw_only=True)
@@ -371,10 +374,17 @@ class EstimateArgs(Settings):
 class DemoArgs(Settings):
     """``headway demo``: the whole story on the built-in model."""
 
-    output_dir: str = _f("headway-demo", "output folder")
+    output_dir: str | None = _f(None, "output folder (default: headway-demo, with --full "
+                                      "headway-demo-full)")
     model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
-    rows: int = _f(64, "rows per task", aliases=["-n"], min=1)
-    sft_steps: int = _f(24, "steps of each tracked fine-tune (0 skips them)", min=0)
+    full: bool = _f(False, "the sizes docs/findings.md is measured on (64 rows a task, 24-step "
+                           "fine-tunes, 20 random head sets; about 7 minutes on 2 CPU cores) "
+                           "instead of the first look (24 rows, 8 steps, 8 sets; under 3 "
+                           "minutes)")
+    rows: int | None = _f(None, "rows per task (default: 24, with --full 64)", aliases=["-n"],
+                          min=1)
+    sft_steps: int | None = _f(None, "steps of each tracked fine-tune (0 skips them; default: "
+                                     "8, with --full 24)", min=0)
     seed: int = _f(0, "training seed of the fine-tunes (order of their rows) and seed of the "
                       "analysis (bootstrap, null, random head sets); the rows stay the same")
     progress: bool = _f(True, H_PROGRESS)

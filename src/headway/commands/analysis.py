@@ -34,7 +34,7 @@ def report(args: ReportArgs) -> int:
     from ..storage import check_writable
 
     check_writable(Path(args.output).parent if args.output else args.folder)
-    print(f"wrote {write_report(args.folder, args.output)}")
+    print(f"wrote {write_report(args.folder, args.output, static=args.static)}")
     return 0
 
 

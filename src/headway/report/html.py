@@ -1,6 +1,13 @@
-"""``headway report``: one self-contained HTML file (images inline) from ``headway analyze``'s
-output folder, or from a ``headway mix | select | modes`` experiment folder. Opens from disk,
-without a server or network."""
+"""``headway report``: one self-contained HTML file from ``headway analyze``'s output folder,
+``headway compare``'s, or a ``headway mix | select | modes`` experiment folder. Opens from disk,
+without a server or network.
+
+Interactive (the default): the figures are Bokeh models (:mod:`headway.report.interactive`)
+with Bokeh's JavaScript inlined: hover a heatmap cell for its head, score, rank and task;
+choose the task; scrub a run's records; click a head for its trajectory. ``static=True``
+(``headway report --static``) writes the earlier report: the static PNG figures inline, no
+script.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,10 @@ import html
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..storage import atomic_write_bytes
-from .data import read_json
+from .data import load_analysis, read_json
 from .static import analysis_figures, compare_figures
 
 STYLE = """
@@ -20,7 +29,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
 figure{margin:1em 0} figcaption{font-size:.85em;color:#555} img{max-width:100%}
-.note{color:#555;font-size:.9em}
+.note{color:#555;font-size:.9em} .figure{margin:1em 0}
 """
 
 
@@ -61,6 +70,34 @@ def _image(path: Path, caption: str) -> str:
             f'<figcaption>{html.escape(caption)}</figcaption></figure>')
 
 
+class Page:
+    """An HTML page under construction: text parts and, in between, Bokeh models (embedded
+    all at once by :meth:`html`, with one copy of Bokeh's JavaScript)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list = []
+
+    def add(self, *parts) -> None:
+        self.parts += [p for p in parts if p is not None]
+
+    def html(self) -> bytes:
+        from bokeh.model import Model
+
+        models = [p for p in self.parts if isinstance(p, Model)]
+        head, divs = ("", [])
+        if models:
+            from .interactive import embed
+
+            head, divs = embed(models)
+        divs = iter(divs)
+        body = "\n".join(f"<div class='figure'>{next(divs)}</div>" if isinstance(p, Model)
+                         else p for p in self.parts)
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>"
+                f"{html.escape(self.title)}</title><style>{STYLE}</style>{head}</head>"
+                f"<body>{body}</body></html>").encode()
+
+
 EXPERIMENT_TITLES = {
     "headway.MixResults": "Pattern-guided basic-task mixture",
     "headway.SelectResults": "Pattern-similarity data selection",
@@ -68,35 +105,34 @@ EXPERIMENT_TITLES = {
 }
 
 
-def write_experiment_report(folder: str | Path, path: str | Path | None = None) -> Path:
+def write_experiment_report(folder: str | Path, path: str | Path | None = None,
+                            static: bool = False) -> Path:
     """Write ``folder/report.html`` (or ``path``) from an experiment's ``results.json``."""
     folder = Path(folder)
     r = json.loads((folder / "results.json").read_text())
     e, summary = r["experiment"], r["summary"]
     title = EXPERIMENT_TITLES.get(r["kind"], r["kind"])
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
-           f"<title>headway: {html.escape(title)}</title>",
-           f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-           f"<p class='note'>Model {html.escape(e['model'])}; target {html.escape(e['target'])}"
-           f" ({e['target_rows']} training rows); evaluated on {e['eval_rows']} held-out rows "
-           f"from row {e['eval_offset']}; seeds {e['seeds']}. Every number is in results.json "
-           f"beside this file.</p>"]
+    page = Page(f"headway: {title}")
+    page.add(f"<h1>{html.escape(title)}</h1>",
+             f"<p class='note'>Model {html.escape(e['model'])}; target {html.escape(e['target'])}"
+             f" ({e['target_rows']} training rows); evaluated on {e['eval_rows']} held-out rows "
+             f"from row {e['eval_offset']}; seeds {e['seeds']}. Every number is in results.json "
+             f"beside this file.</p>")
     if "alpha" in r:
         a = r["alpha"]
-        out.append("<h2>Composition weights and mixture</h2>")
-        out.append(_table(["basic task", "α (NNLS)", "α (least squares)", "rows in the mixture"],
-                          [[b, x, y, c] for b, x, y, c in zip(
-                              a["basics"], a["alpha"], a["alpha_unconstrained"], a["counts"])]))
-        out.append(f"<p>R² of the fit: {_num(a['r2'])} (uncentred {_num(a['r2_uncentered'])})."
-                   f"</p>")
+        page.add("<h2>Composition weights and mixture</h2>",
+                 _table(["basic task", "α (NNLS)", "α (least squares)", "rows in the mixture"],
+                        [[b, x, y, c] for b, x, y, c in zip(
+                            a["basics"], a["alpha"], a["alpha_unconstrained"], a["counts"])]),
+                 f"<p>R² of the fit: {_num(a['r2'])} (uncentred {_num(a['r2_uncentered'])})."
+                 f"</p>")
     if "selected_by_task" in r:
-        out.append("<h2>Selected rows by task</h2>")
-        out.append(_table(["task", "rows selected"], list(r["selected_by_task"].items())))
+        page.add("<h2>Selected rows by task</h2>",
+                 _table(["task", "rows selected"], list(r["selected_by_task"].items())))
     if "heads" in r:
-        out.append(f"<h2>Heads trained</h2><p>{html.escape(' '.join(r['heads']))}; learning "
-                   f"rates {html.escape(json.dumps(r.get('learning_rates', {})))}</p>")
-    out.append("<h2>Arms</h2>")
-    out.append(_table(
+        page.add(f"<h2>Heads trained</h2><p>{html.escape(' '.join(r['heads']))}; learning "
+                 f"rates {html.escape(json.dumps(r.get('learning_rates', {})))}</p>")
+    page.add("<h2>Arms</h2>", _table(
         ["arm", "seeds", "accuracy mean", "accuracy sd", "response loss mean",
          "response loss sd", "steps", "trainable parameters", "train time (s)"],
         [[n, len(a["seeds"]), a["accuracy"]["mean"], a["accuracy"]["sd"],
@@ -104,84 +140,108 @@ def write_experiment_report(folder: str | Path, path: str | Path | None = None) 
           f"{a['n_trainable_parameters']:,}", round(a["train_seconds"]["mean"])]
          for n, a in summary["arms"].items()]))
     if summary["paired"]:
-        out.append("<h3>Paired differences (same seed)</h3>")
-        out.append(_table(
+        page.add("<h3>Paired differences (same seed)</h3>", _table(
             ["method − baseline", "seeds", "Δ response loss mean", "sd", "Δ accuracy mean",
              "seeds with lower loss"],
             [[f"{p['method']} − {p['baseline']}", p["n_seeds"],
               _num(p["loss_difference"]["mean"], 4), _num(p["loss_difference"]["sd"], 4),
               p["accuracy_difference"]["mean"],
               p["method_lower_loss_seeds"]] for p in summary["paired"]]))
-    if (folder / "results.png").is_file():
-        out.append(_image(folder / "results.png", "Mean over seeds (diamonds), ±1 sd "
-                                                  "(whiskers), each seed (dots)."))
-    out.append("</body></html>")
-    return atomic_write_bytes(path or folder / "report.html", "\n".join(out).encode())
+    caption = "Mean over seeds (diamonds), ±1 sd (whiskers), each seed (dots)."
+    if static and (folder / "results.png").is_file():
+        page.add(_image(folder / "results.png", caption))
+    elif not static:
+        from .interactive import arms_figure
+
+        page.add(arms_figure(summary), "<p class='note'>Each seed (dots; hover for the "
+                                       "seed) and the mean over seeds (diamonds).</p>")
+    return atomic_write_bytes(path or folder / "report.html", page.html())
 
 
-def write_compare_report(folder: str | Path, path: str | Path | None = None) -> Path:
+def write_compare_report(folder: str | Path, path: str | Path | None = None,
+                         static: bool = False) -> Path:
     """Write ``folder/report.html`` (or ``path``) from ``headway compare``'s ``compare.json``."""
     folder = Path(folder)
     c = read_json(folder / "compare.json", "compare.json")
     a, b = c["names"]
     models = [m.get("name", "?") if m else "?" for m in c["models"]]
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
-           "<title>headway compare</title>", f"<style>{STYLE}</style></head><body>",
-           f"<h1>{html.escape(a)} vs {html.escape(b)}</h1>",
-           f"<p class='note'>{html.escape(a)} = {html.escape(models[0])}; {html.escape(b)} = "
-           f"{html.escape(models[1])}; task {html.escape(str((c.get('task') or {}).get('name')))}"
-           f". ΔAP = AP({html.escape(b)}) − AP({html.escape(a)}) on the same rows. Every "
-           f"number is in compare.json beside this file.</p>",
-           _table(["", "Gini", "CV", "entropy"],
-                  [[name, s["gini"], s["cv"], s["entropy"]]
-                   for name, s in ((a, c["a"]), (b, c["b"]), ("change", c["change"]))]),
-           _table(["similarity of the two patterns", "value"],
-                  [[m, v] for m, v in c["similarity"].items()] + [["‖ΔAP‖", c["delta_norm"]]]),
-           _table([f"top-{c['k']} heads", "heads"],
-                  [["kept", " ".join(c["kept"]) or "-"], ["gained", " ".join(c["gained"]) or "-"],
-                   ["lost", " ".join(c["lost"]) or "-"],
-                   ["largest |ΔAP|", " ".join(c["largest_delta"])]]),
-           *(_image(folder / f["path"], f["caption"]) for f in compare_figures(folder)),
-           "</body></html>"]
-    return atomic_write_bytes(Path(path) if path else folder / "report.html",
-                              "\n".join(out).encode())
+    page = Page("headway compare")
+    page.add(f"<h1>{html.escape(a)} vs {html.escape(b)}</h1>",
+             f"<p class='note'>{html.escape(a)} = {html.escape(models[0])}; {html.escape(b)} = "
+             f"{html.escape(models[1])}; task {html.escape(str((c.get('task') or {}).get('name')))}"
+             f". ΔAP = AP({html.escape(b)}) − AP({html.escape(a)}) on the same rows. Every "
+             f"number is in compare.json beside this file.</p>",
+             _table(["", "Gini", "CV", "entropy"],
+                    [[name, s["gini"], s["cv"], s["entropy"]]
+                     for name, s in ((a, c["a"]), (b, c["b"]), ("change", c["change"]))]),
+             _table(["similarity of the two patterns", "value"],
+                    [[m, v] for m, v in c["similarity"].items()] + [["‖ΔAP‖", c["delta_norm"]]]),
+             _table([f"top-{c['k']} heads", "heads"],
+                    [["kept", " ".join(c["kept"]) or "-"], ["gained", " ".join(c["gained"]) or "-"],
+                     ["lost", " ".join(c["lost"]) or "-"],
+                     ["largest |ΔAP|", " ".join(c["largest_delta"])]]))
+    if static:
+        page.add(*(_image(folder / f["path"], f["caption"]) for f in compare_figures(folder)))
+    else:
+        from ..patterns import ActivationPattern
+        from .interactive import compare_heatmaps
+
+        delta = f"ΔAP = {b} − {a}"
+        page.add(compare_heatmaps({a: ActivationPattern.load(folder / a).scores.numpy(),
+                                   b: ActivationPattern.load(folder / b).scores.numpy(),
+                                   delta: ActivationPattern.load(folder / "delta")
+                                   .scores.numpy()}, delta))
+    return atomic_write_bytes(Path(path) if path else folder / "report.html", page.html())
 
 
-def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
+def write_report(folder: str | Path, path: str | Path | None = None,
+                 static: bool = False) -> Path:
     """Write ``folder/report.html`` (or ``path``) from ``folder/analysis.json``, or from
-    ``folder/results.json`` of an experiment."""
+    ``folder/results.json`` of an experiment, or ``compare.json``; interactive unless
+    ``static`` (see the module docstring)."""
     folder = Path(folder)
     if (folder / "results.json").is_file() and not (folder / "analysis.json").is_file():
-        return write_experiment_report(folder, path)
+        return write_experiment_report(folder, path, static)
     if (folder / "compare.json").is_file() and not (folder / "analysis.json").is_file():
-        return write_compare_report(folder, path)
+        return write_compare_report(folder, path, static)
     analysis_file = folder / "analysis.json"
     if not analysis_file.is_file():
         raise FileNotFoundError(f"no analysis.json in {folder}; run `headway analyze` first")
     a = read_json(analysis_file, "analysis.json")
-    figs = analysis_figures(folder)
-    out = ["<!doctype html><html><head><meta charset='utf-8'>",
-           "<title>headway report</title>", f"<style>{STYLE}</style></head><body>",
-           "<h1>Attention-head activation patterns</h1>",
-           "<p class='note'>AP[l,h] = mean over samples of |&lt;Γ, ∂L/∂Γ&gt;|; ΔAP = AP(after "
-           "SFT) − AP(before), on the same held-out probe rows. Every number below is in "
-           "analysis.json beside this file.</p>"]
+    if static:
+        figs = analysis_figures(folder)
+        figure = lambda prefix: _figures(folder, figs, prefix)  # noqa: E731
+    else:
+        shown = _interactive_figures(folder)
+        figure = lambda prefix: shown.get(prefix)  # noqa: E731
+    page = Page("headway report")
+    page.add("<h1>Attention-head activation patterns</h1>",
+             "<p class='note'>AP[l,h] = mean over samples of |&lt;Γ, ∂L/∂Γ&gt;|; ΔAP = AP(after "
+             "SFT) − AP(before), on the same held-out probe rows. Every number below is in "
+             "analysis.json beside this file."
+             + ("" if static else " Hover a cell for its head, score and rank; click one for "
+                                  "its trajectory.") + "</p>")
 
     if a.get("patterns"):
-        out.append("<h2>1. Task-specific heads</h2>")
-        out.append(_table(["task", "N", "Gini", "CV", "entropy", "top heads"],
-                          [[n, p["n"], p["gini"], p["cv"], p["entropy"],
-                            ", ".join(p["top_heads"][:5])] for n, p in a["patterns"].items()]))
-        out.append(_figures(folder, figs, "patterns"))
+        page.add("<h2>1. Task-specific heads</h2>",
+                 _table(["task", "N", "Gini", "CV", "entropy", "top heads"],
+                        [[n, p["n"], p["gini"], p["cv"], p["entropy"],
+                          ", ".join(p["top_heads"][:5])] for n, p in a["patterns"].items()]),
+                 figure("patterns"))
     if a.get("similarity"):
         s = a["similarity"]
-        out.append("<h3>Task x task similarity</h3>")
+        page.add("<h3>Task x task similarity</h3>")
         for method in ("pearson", "spearman", "cosine"):
-            out.append(f"<p>{method}</p>" + _table(
+            page.add(f"<p>{method}</p>" + _table(
                 ["", *s["names"]], [[n, *row] for n, row in zip(s["names"], s[method])]))
-        out.append(_figures(folder, figs, "similarity"))
+        page.add(figure("similarity"))
+    if figure("tokens"):
+        page.add("<h3>Which tokens carry the top heads</h3>",
+                 "<p class='note'>Each token's signed share of a head's score in one row "
+                 "(red adds to it, blue takes away); hover for the token.</p>",
+                 figure("tokens"))
     if a.get("runs"):
-        out.append("<h2>SFT runs: how patterns and weights move</h2>")
+        page.add("<h2>SFT runs: how patterns and weights move</h2>")
         rows = []
         for name, r in a["runs"].items():
             d = r["dynamics"]
@@ -191,23 +251,83 @@ def write_report(folder: str | Path, path: str | Path | None = None) -> Path:
                          else 0, d["change"][-1], d["corr_start"][-1],
                          *[(r["param_change"] or {}).get(key) for key in (
                              "share_50", "share_90", "spearman_with_abs_delta_ap")]])
-        out.append(_table(["task", "mode", "steps", "probe loss", "Gini", "change at first "
-                           "record", "change at end", "corr(AP_0, AP_end)", "share of heads "
-                           "holding 50 % of Δweights", "share holding 90 %",
-                           "Spearman(Δweights, |ΔAP|)"],
-                          rows))
-        out.append("<p class='note'>change = ‖AP_t − AP_0‖ / ‖AP_0‖; Δweights = per-head "
-                   "relative change of the q/k/v/o slices.</p>")
-        out.append(_figures(folder, figs, "run_"))
+        page.add(_table(["task", "mode", "steps", "probe loss", "Gini", "change at first "
+                         "record", "change at end", "corr(AP_0, AP_end)", "share of heads "
+                         "holding 50 % of Δweights", "share holding 90 %",
+                         "Spearman(Δweights, |ΔAP|)"], rows),
+                 "<p class='note'>change = ‖AP_t − AP_0‖ / ‖AP_0‖; Δweights = per-head "
+                 "relative change of the q/k/v/o slices.</p>", figure("run_"))
     if a.get("composition"):
-        out += _composition_html(a["composition"])
-        out.append(_figures(folder, figs, "composition"))
+        page.add(*_composition_html(a["composition"]), figure("composition"))
     if a.get("faithfulness"):
-        out += _faithfulness_html(a["faithfulness"])
-        out.append(_figures(folder, figs, "faithfulness"))
-    out.append("</body></html>")
+        page.add(*_faithfulness_html(a["faithfulness"]), figure("faithfulness"))
     target = Path(path) if path else folder / "report.html"
-    return atomic_write_bytes(target, "\n".join(out).encode())
+    return atomic_write_bytes(target, page.html())
+
+
+TOKEN_ROWS, TOKEN_HEADS = 8, 5  # rows and top heads of each pattern the token view holds
+
+
+def _interactive_figures(folder: Path) -> dict:
+    """The Bokeh models of an analysis folder, by the section that shows them."""
+    from ..patterns import ActivationPattern
+    from . import interactive
+
+    data = load_analysis(folder)
+    a, out = data.result, {}
+    if data.patterns:
+        out["patterns"] = interactive.pattern_explorer(data.patterns)
+    s = a.get("similarity")
+    if s:
+        out["similarity"] = interactive.similarity_matrix(s["names"], s["pearson"])
+    views = {}
+    for name, p in (a.get("patterns") or {}).items():
+        pattern = ActivationPattern.load(p["path"])
+        if pattern.per_token is None or pattern.tokens is None:
+            continue
+        heads = pattern.top_heads(TOKEN_HEADS)
+        rows = range(min(TOKEN_ROWS, len(pattern.per_token)))
+        views[name] = {"tokens": [pattern.tokens[r] for r in rows],
+                       "response": [(pattern.response or [[False] * len(pattern.tokens[r])
+                                                          for r in rows])[r] for r in rows],
+                       "heads": [f"{layer}.{h}" for layer, h, _ in heads],
+                       "values": {f"{layer}.{h}": [pattern.per_token[r][:, layer, h].tolist()
+                                                   for r in rows] for layer, h, _ in heads}}
+    if views:
+        out["tokens"] = interactive.token_explorer(views)
+    runs = {}
+    for name, run in data.runs.items():
+        for probe, record in run.trajectory["probes"].items():
+            runs[f"{name}: {probe}"] = {"steps": run.trajectory["steps"],
+                                        "patterns": record["patterns"].numpy(),
+                                        "loss": record["loss"]}
+    if runs:
+        out["run_"] = interactive.run_explorer(runs)
+    c = a.get("composition")
+    if c:
+        fit = c["least_squares"]
+        controls = c.get("controls") or []
+        names = c["bases"] + controls
+        alpha = fit["alpha"] + (fit["controls"]["alpha"] if controls else [])
+        ci = fit.get("alpha_ci") and fit["alpha_ci"] + (fit["controls"]["alpha_ci"]
+                                                        if controls else [])
+        fitted = [data.runs.get(n) for n in names]
+        target = data.runs.get(c["target"])
+        extra = {}
+        if target is not None and all(r is not None for r in fitted):
+            X = np.stack([r.delta.ravel() for r in fitted], 1)
+            extra = {"fitted": X @ np.asarray(alpha), "measured": target.delta.ravel(),
+                     "n_layers": target.delta.shape[0], "n_heads": target.delta.shape[1]}
+        gain = fit["shared_component"]["r2_gain"]
+        out["composition"] = interactive.composition_figures(
+            names, alpha, ci, controls,
+            title=f"α (least squares): R² = {fit['r2']:.3f}, gain over the shared component "
+                  f"{gain:+.3f}", **extra)
+    f = {n: v for n, v in (a.get("faithfulness") or {}).items() if "skipped" not in v}
+    if f:
+        out["faithfulness"] = interactive.ablation_figure(
+            [(f"{n} ({m})", r) for n in f for m, r in f[n].items()])
+    return out
 
 
 def _interval(ci) -> str:
