@@ -4,7 +4,7 @@ measured on (:data:`FULL`, about 7 minutes: 42 s of patterns, 4 min 22 s of fine
 1 min 39 s of analysis).
 
 1. Patterns of the built-in tasks (``patterns/TASK``): which heads each task uses.
-2. Short tracked full fine-tunes (``runs/TASK``, batch 4) on two basic tasks (arithmetic,
+2. Short tracked full fine-tunes (``runs/TASK``; batch 2, with ``--full`` 4) on two basic tasks (arithmetic,
    syllogism), one complex task (word problems) and one unrelated control (sorting): how
    patterns and weights move.
 3. ``headway analyze`` over both (``analysis/``): concentration, similarity, dynamics,
@@ -26,7 +26,6 @@ from pathlib import Path
 DEMO_TASKS = ("arithmetic", "sorting", "syllogism", "word_problems")
 BASIC_TASKS, COMPLEX_TASK = ("arithmetic", "syllogism"), "word_problems"
 CONTROL_TASK = "sorting"  # unrelated to word problems: enters the fit as a control
-SFT_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,11 @@ class Size:
     probe_rows: int
     random_draws: int
     ablation_rows: int
+    sft_batch: int = 4
 
 
-QUICK = Size(rows=24, sft_steps=8, track_every=4, probe_rows=16, random_draws=8,
-             ablation_rows=8)
+QUICK = Size(rows=16, sft_steps=6, track_every=3, probe_rows=6, random_draws=8,
+             ablation_rows=4, sft_batch=2)  # the first look, under 3 minutes
 FULL = Size(rows=64, sft_steps=24, track_every=8, probe_rows=32, random_draws=20,
             ablation_rows=16)  # docs/findings.md's tables
 
@@ -102,6 +102,7 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int | None = None,
                        save_to=path)
         pattern_paths.append(str(path))
     del lm
+    stage = _lap(start)
 
     run_paths = []
     if sft_steps:
@@ -110,8 +111,8 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int | None = None,
               f"(basic), {COMPLEX_TASK} (complex) and {CONTROL_TASK} (control); patterns every "
               f"{every} steps")
         for name in (*BASIC_TASKS, COMPLEX_TASK, CONTROL_TASK):
-            config = TrainConfig(model=model, task=name, rows=SFT_BATCH * sft_steps,
-                                 max_steps=sft_steps, per_device_train_batch_size=SFT_BATCH,
+            config = TrainConfig(model=model, task=name, rows=size.sft_batch * sft_steps,
+                                 max_steps=sft_steps, per_device_train_batch_size=size.sft_batch,
                                  track_every=every, track_schedule="every", seed=seed,
                                  probe_rows=min(size.probe_rows, n), save_final=False,
                                  output_dir=str(out / "runs" / name),
@@ -123,21 +124,31 @@ def run_demo(out: Path, model: str = "smollm2-135m", n: int | None = None,
                 run_train(config)
             run_paths.append(config.output_dir)
 
+        stage = _lap(stage)
     print("headway demo 3/4: analysis (similarity, dynamics, composition, ablation)")
     analysis = analyze(out / "analysis", patterns=pattern_paths, runs=run_paths,
                        complex_run=COMPLEX_TASK if run_paths else None,
                        controls=[CONTROL_TASK] if run_paths else [], model=model, k=10,
                        n_random=size.random_draws, seed=seed, ablation_modes=("zero",),
                        ablation_rows=size.ablation_rows, progress=progress)
+    stage = _lap(stage)
     print("headway demo 4/4: report")
     analysis_figures(out / "analysis", redraw=True)  # the PNGs, for papers
     report = write_report(out / "analysis", out / "report.html")
+    _lap(stage)
     text = summary_markdown(analysis, model, n, time.perf_counter() - start)
     atomic_write_bytes(out / "summary.md", text.encode())
     print()
     print(text)
     print(f"open {report} in a browser; numbers in {out}/analysis/analysis.json")
     return analysis
+
+
+def _lap(since: float) -> float:
+    """Print the seconds a stage took; the clock for the next one."""
+    now = time.perf_counter()
+    print(f"  ({now - since:.0f} s)")
+    return now
 
 
 def summary_markdown(a: dict, model: str, n: int, seconds: float) -> str:

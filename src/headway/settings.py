@@ -378,13 +378,13 @@ class DemoArgs(Settings):
                                       "headway-demo-full)")
     model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
     full: bool = _f(False, "the sizes docs/findings.md is measured on (64 rows a task, 24-step "
-                           "fine-tunes, 20 random head sets; about 7 minutes on 2 CPU cores) "
-                           "instead of the first look (24 rows, 8 steps, 8 sets; under 3 "
-                           "minutes)")
-    rows: int | None = _f(None, "rows per task (default: 24, with --full 64)", aliases=["-n"],
+                           "fine-tunes at batch 4, 20 random head sets; about 7 minutes on 2 "
+                           "CPU cores) instead of the first look (16 rows, 6 steps at batch 2, "
+                           "8 sets; under 3 minutes)")
+    rows: int | None = _f(None, "rows per task (default: 16, with --full 64)", aliases=["-n"],
                           min=1)
     sft_steps: int | None = _f(None, "steps of each tracked fine-tune (0 skips them; default: "
-                                     "8, with --full 24)", min=0)
+                                     "6, with --full 24)", min=0)
     seed: int = _f(0, "training seed of the fine-tunes (order of their rows) and seed of the "
                       "analysis (bootstrap, null, random head sets); the rows stay the same")
     progress: bool = _f(True, H_PROGRESS)
