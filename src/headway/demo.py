@@ -1,7 +1,7 @@
 """``headway demo``: the whole story on the built-in model, a first look in under three minutes
 on 2 CPU cores (:data:`QUICK`); ``headway demo --full`` runs the sizes docs/findings.md is
-measured on (:data:`FULL`, about 7 minutes: 42 s of patterns, 4 min 22 s of fine-tunes,
-1 min 39 s of analysis).
+measured on (:data:`FULL`, 7 to 15 minutes; most of it the 24-step fine-tunes). Each stage
+prints its seconds.
 
 1. Patterns of the built-in tasks (``patterns/TASK``): which heads each task uses.
 2. Short tracked full fine-tunes (``runs/TASK``; batch 2, with ``--full`` 4) on two basic tasks (arithmetic,

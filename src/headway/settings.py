@@ -378,7 +378,7 @@ class DemoArgs(Settings):
                                       "headway-demo-full)")
     model: str = _f(DEFAULT_MODEL, "built-in alias, local model folder or hub id")
     full: bool = _f(False, "the sizes docs/findings.md is measured on (64 rows a task, 24-step "
-                           "fine-tunes at batch 4, 20 random head sets; about 7 minutes on 2 "
+                           "fine-tunes at batch 4, 20 random head sets; 7 to 15 minutes on 2 "
                            "CPU cores) instead of the first look (16 rows, 6 steps at batch 2, "
                            "8 sets; under 3 minutes)")
     rows: int | None = _f(None, "rows per task (default: 16, with --full 64)", aliases=["-n"],
