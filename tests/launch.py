@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(args: list[str], processes: int, logs: Path, env: dict | None = None) -> None:
@@ -31,8 +24,11 @@ def run(args: list[str], processes: int, logs: Path, env: dict | None = None) ->
     if processes == 1:
         cmd = [sys.executable, *entry, *args]
     else:
+        # --standalone: torchrun's store binds a free port itself. A port found free here and
+        # passed on could be taken in between (by any connection's ephemeral port), and the
+        # launch would fail with "address already in use" once in a while.
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(free_port()), "--log-dir", str(logs), "--redirects", "3",
+               "--standalone", "--log-dir", str(logs), "--redirects", "3",
                *entry, *args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)

@@ -164,20 +164,12 @@ def run_example(llama_dir, out, processes: int = 1) -> subprocess.CompletedProce
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-        "--master_port", str(_free_port())]
+        "--standalone"]  # torchrun's store binds a free port itself (no race for one)
     proc = subprocess.run([*launcher, str(EXAMPLE), "--model", str(llama_dir), "--output-dir",
                            str(out), "--max-steps", "4", "--every", "2"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("processes", [1, 2])
