@@ -60,7 +60,13 @@ def shutdown() -> None:
     collective's work object, whose tensors need the GIL, just then. The group's threads stop
     only when nothing else references it (an exception's traceback holding the trainer
     does)."""
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # free what still holds the group (a trainer and its callbacks sit in reference
+        # cycles) now, while the interpreter is whole, not at finalization
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
